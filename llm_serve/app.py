@@ -1,0 +1,47 @@
+"""Build the Serve application from a config: engine pools behind the OpenAI router.
+
+Usable three ways, all from one builder:
+- `llm-serve up` (the CLI calls `build_app`);
+- `serve run llm_serve.app:app_builder config=configs/local.yaml`;
+- a Serve config file or KubeRay RayService with `import_path: llm_serve.app:app_builder` and
+  `args: {config: /path/to.yaml}` or `args: {config_dict: {...}}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.deployment import Application
+
+from llm_serve.config import Config, load_config, parse_config
+from llm_serve.engine import build_engine_deployment
+from llm_serve.models import resolve_model_source
+from llm_serve.router.openai_api import Router
+
+
+def build_app(config: Config, *, pull_models: bool = True) -> Application:
+    """The application graph: one engine deployment per model, one router in front of them all.
+
+    Registry models are resolved (and pulled when `pull_models`) on the machine that builds the
+    app; on a multi-node cluster give a hub id or a path every node can read instead.
+    """
+    engines: dict[str, Application] = {}
+    for model in config.models:
+        source = resolve_model_source(model.source, config.home_path, pull=pull_models)
+        engines[model.id] = build_engine_deployment(model, source)
+    router = serve.deployment(serve.ingress()(Router), name="router").options(
+        num_replicas=config.router.num_replicas,
+        max_ongoing_requests=config.router.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.router.num_cpus},
+    )
+    return router.bind(config.model_dump(mode="json"), engines)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Entry for `serve run` / `serve deploy` / KubeRay: `config` (a YAML path) or `config_dict`."""
+    if args.get("config_dict") is not None:
+        config = parse_config(args["config_dict"], origin="config_dict")
+    else:
+        config = load_config(args.get("config"))
+    return build_app(config)

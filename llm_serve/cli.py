@@ -1,0 +1,252 @@
+"""`llm-serve`: up | down | status | models.
+
+`up` runs on a private local Ray (see local_cluster.py) unless the config or RAY_ADDRESS names a
+cluster; `down` stops exactly what `up` started, by PID, never with `ray stop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from llm_serve.config import CONFIG_ENV, Config, ConfigError, load_config
+
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    if args.config:
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+    return config
+
+
+# ---- up / down / status -------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from llm_serve import local_cluster as lc
+    from llm_serve.deploy import deploy
+    from llm_serve.models import resolve_model_source
+
+    config = _load(args)
+    state = lc.read_state(config)
+    if state is not None and lc.pid_alive(state.ray_pid):
+        _say(f"llm-serve is already up at {state.url} (Ray pid {state.ray_pid}); `llm-serve down` stops it")
+        return 1
+    lc.clear_state(config)
+    started = time.monotonic()
+    for model in config.models:
+        resolve_model_source(model.source, config.home_path, pull=True)
+
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    os.environ.update(lc.RAY_ENV)
+    head = None
+    if address is None:
+        log_file = config.home_path / "logs" / "ray-head.log"
+        _say(f"starting a private Ray (GCS 127.0.0.1:{config.ray.gcs_port}, temp dir {lc.ray_temp_dir(config)})")
+        head = lc.start_head(config, log_file)
+        address = f"127.0.0.1:{config.ray.gcs_port}"
+        lc.write_state(
+            config,
+            lc.RunState(
+                ray_pid=head.pid,
+                pgid=head.pid,
+                gcs_address=address,
+                temp_dir=str(lc.ray_temp_dir(config)),
+                url="",
+                app_name=config.app_name,
+                config_path=args.config,
+                started_at=time.time(),
+                up_pid=None if args.detach else os.getpid(),
+            ),
+        )
+    try:
+        url = deploy(config, address)
+    except BaseException as exc:
+        if head is not None:
+            _say("deployment failed; stopping the private Ray")
+            lc.stop_tree(head.pid)
+            lc.clear_state(config)
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        _say(f"error: {exc}")
+        return 1
+    if head is not None:
+        state = lc.read_state(config)
+        if state is not None:
+            state.url = url
+            lc.write_state(config, state)
+    _say(f"ready in {time.monotonic() - started:.0f} s")
+    print(f"OpenAI-compatible endpoint: {url}/v1  (models: {', '.join(m.id for m in config.models)})", flush=True)
+    if args.detach:
+        _disconnect()
+        _say("detached; `llm-serve status` shows it, `llm-serve down` stops it")
+        return 0
+    _say("serving; press Ctrl-C to stop")
+    _wait_for_signal()
+    _say("stopping ...")
+    _shutdown_serve()
+    if head is not None:
+        lc.stop_tree(head.pid)
+        lc.clear_state(config)
+    _say("stopped")
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def _disconnect() -> None:
+    import ray
+
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+
+
+def _shutdown_serve() -> None:
+    """Give Serve a bounded chance to drain replicas before the processes are stopped."""
+    from ray import serve
+
+    def _run() -> None:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+
+    worker = threading.Thread(target=_run, daemon=True)
+    worker.start()
+    worker.join(SHUTDOWN_TIMEOUT_S)
+    _disconnect()
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from llm_serve import local_cluster as lc
+
+    config = _load(args)
+    state = lc.read_state(config)
+    if state is None:
+        _say("nothing to stop: llm-serve is not up (no state under the llm-serve home)")
+        return 0
+    if state.up_pid and state.up_pid != os.getpid() and lc.pid_alive(state.up_pid):
+        # A foreground `up` in another shell: let it drain Serve and stop its own Ray.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.up_pid, signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S + lc.STOP_GRACE_S
+        while time.monotonic() < deadline and lc.pid_alive(state.up_pid):
+            time.sleep(0.5)
+    stopped = lc.stop_tree(state.ray_pid)
+    lc.clear_state(config)
+    _say(f"stopped llm-serve ({len(stopped)} process(es) under Ray pid {state.ray_pid})")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from llm_serve import local_cluster as lc
+    from llm_serve.deploy import endpoint_url, fetch_json
+
+    config = _load(args)
+    state = lc.read_state(config)
+    url = state.url if state and state.url else endpoint_url(config)
+    if state is not None:
+        alive = lc.pid_alive(state.ray_pid)
+        print(f"private Ray: pid {state.ray_pid} ({'running' if alive else 'gone'}), GCS {state.gcs_address}")
+    try:
+        code, ready = fetch_json(f"{url}/readyz")
+    except OSError as exc:
+        print(f"endpoint {url}: not answering ({exc})")
+        return 1
+    print(f"endpoint {url}/v1: {ready.get('status')} (HTTP {code})")
+    for model, model_state in (ready.get("models") or {}).items():
+        print(f"  {model}: {model_state}")
+    return 0 if code == 200 else 1
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from llm_serve.models.provision import list_models
+
+    config = _load(args)
+    configured = {m.source: m.id for m in config.models}
+    print(f"{'name':28} {'state':14} {'served as':24} path")
+    for row in list_models(config.home_path):
+        state = "provisioned" if row["provisioned"] else "not pulled"
+        print(f"{row['name']:28} {state:14} {configured.get(row['name'], '-'):24} {row['path']}")
+    for model in config.models:
+        if model.source not in {r["name"] for r in list_models(config.home_path)}:
+            kind = "local dir" if Path(model.source).expanduser().is_dir() else "hub id"
+            print(f"{model.source:28} {kind:14} {model.id:24} (handed to vLLM as is)")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from llm_serve.models.provision import ProvisionError, pull_model
+
+    config = _load(args)
+    try:
+        pull_model(args.name, config.home_path, force=args.force)
+    except ProvisionError as exc:
+        _say(f"error: {exc}")
+        return 1
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", "-c", help=f"YAML config (default: ${CONFIG_ENV} or the embedded default)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="serve the OpenAI-compatible endpoint")
+    up.add_argument("--detach", "-d", action="store_true", help="return once ready; stop later with `down`")
+    up.set_defaults(func=cmd_up)
+    down = sub.add_parser("down", help="stop what `up` started")
+    down.set_defaults(func=cmd_down)
+    status = sub.add_parser("status", help="show whether the endpoint is up and ready")
+    status.set_defaults(func=cmd_status)
+
+    models = sub.add_parser("models", help="list or provision models").add_subparsers(dest="models_cmd", required=True)
+    listing = models.add_parser("list", help="registry models and configured sources")
+    listing.set_defaults(func=cmd_models_list)
+    pull = models.add_parser("pull", help="provision a registry model into the llm-serve home")
+    pull.add_argument("name")
+    pull.add_argument("--force", action="store_true", help="convert again even if present")
+    pull.set_defaults(func=cmd_models_pull)
+
+    for leaf in (up, down, status, listing, pull):
+        # `llm-serve up --config X` as well as `llm-serve --config X up`.
+        leaf.add_argument("--config", "-c", default=argparse.SUPPRESS, help="YAML config file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args: Any = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        _say(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

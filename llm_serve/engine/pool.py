@@ -1,0 +1,108 @@
+"""Build the vLLM engine pool for one configured model on top of Ray Serve LLM.
+
+Ray Serve LLM's `LLMServer` already owns what a replica needs: starting vLLM's AsyncLLM with
+placement groups for tensor/pipeline parallelism, LoRA multiplexing, request ids, health checks and
+stream batching. We only translate our config into its `LLMConfig` and keep our own router in front.
+Its CPU support needs telling (`accelerator_config` defaults to GPU) and vLLM's CPU knobs travel as
+environment variables of the replica's runtime_env, which is why they are set here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llm_serve.config import ModelConfig
+
+OFFLINE_ENV = {
+    # No model hub is reachable on the machines we target: without these vLLM and transformers wait
+    # ~40 s on the unreachable hub at start-up.
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    # vLLM's usage reporting would try the network too.
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def engine_deployment_name(model_id: str) -> str:
+    return "engine-" + model_id.replace("/", "--").replace(":", "-").replace(".", "_")
+
+
+def engine_kwargs(model: ModelConfig) -> dict[str, Any]:
+    engine = model.engine
+    kwargs: dict[str, Any] = {
+        "dtype": engine.dtype,
+        "max_model_len": engine.max_model_len,
+        "max_num_seqs": engine.max_num_seqs,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "enforce_eager": engine.enforce_eager,
+        "seed": engine.seed,
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "pipeline_parallel_size": engine.pipeline_parallel_size,
+        "gpu_memory_utilization": (
+            engine.cpu_memory_utilization if engine.accelerator == "cpu" else engine.gpu_memory_utilization
+        ),
+    }
+    if engine.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = engine.max_num_batched_tokens
+    kwargs.update(engine.extra_engine_args)
+    return kwargs
+
+
+def engine_env(model: ModelConfig) -> dict[str, str]:
+    env = dict(OFFLINE_ENV)
+    if model.engine.accelerator == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(model.engine.kv_cache_gib)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = model.engine.cpu_omp_threads_bind
+    return env
+
+
+def deployment_options(model: ModelConfig) -> dict[str, Any]:
+    scaling = model.autoscaling
+    autoscaling: dict[str, Any] = {
+        "min_replicas": scaling.min_replicas,
+        "max_replicas": scaling.max_replicas,
+        "target_ongoing_requests": scaling.target_ongoing_requests,
+        "upscale_delay_s": scaling.upscale_delay_s,
+        "downscale_delay_s": scaling.downscale_delay_s,
+    }
+    if scaling.initial_replicas is not None:
+        autoscaling["initial_replicas"] = scaling.initial_replicas
+    options: dict[str, Any] = {
+        "autoscaling_config": autoscaling,
+        "max_ongoing_requests": model.max_ongoing_requests,
+    }
+    if model.engine.accelerator == "cpu":
+        options["ray_actor_options"] = {"num_cpus": model.num_cpus}
+    return options
+
+
+def build_llm_config(model: ModelConfig, model_source: str) -> Any:
+    """Translate one ModelConfig into Ray Serve LLM's LLMConfig (`model_source` already resolved)."""
+    from ray.serve.llm import LLMConfig
+
+    engine = model.engine
+    kwargs: dict[str, Any] = {
+        "model_loading_config": {"model_id": model.id, "model_source": model_source},
+        "engine_kwargs": engine_kwargs(model),
+        "accelerator_config": {"kind": engine.accelerator},
+        "runtime_env": {"env_vars": engine_env(model)},
+        "deployment_config": deployment_options(model),
+        "experimental_configs": {"stream_batching_interval_ms": engine.stream_batching_interval_ms},
+        "log_engine_metrics": False,
+    }
+    if engine.accelerator_type:
+        kwargs["accelerator_type"] = engine.accelerator_type
+    return LLMConfig(**kwargs)
+
+
+def build_engine_deployment(model: ModelConfig, model_source: str) -> Any:
+    """The bound Serve application of one engine pool, named after the model id."""
+    from ray.serve.llm import build_llm_deployment
+
+    llm_config = build_llm_config(model, model_source)
+    return build_llm_deployment(
+        llm_config,
+        name_prefix="",
+        override_serve_options={"name": engine_deployment_name(model.id)},
+    )

@@ -1,0 +1,43 @@
+"""Turn a configured model source into what vLLM loads: a local directory or a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llm_serve.models.registry import REGISTRY
+
+
+class ModelNotProvisioned(RuntimeError):
+    """A registry model was named but has not been pulled into the llm-serve home yet."""
+
+
+def model_dir(home: Path, name: str) -> Path:
+    return home / "models" / name
+
+
+def resolve_model_source(source: str, home: Path, *, pull: bool = False) -> str:
+    """Return the path or hub id to hand to vLLM for `source`.
+
+    Order: a registry name (pulled into `home` when `pull` is set), then an existing local directory,
+    then anything else is taken as a hub id and passed through unchanged, so a cluster with hub
+    access can name `HuggingFaceTB/SmolLM2-360M-Instruct` directly.
+    """
+    if source in REGISTRY:
+        from llm_serve.models.provision import is_provisioned, pull_model
+
+        target = model_dir(home, source)
+        if is_provisioned(target):
+            return str(target)
+        if not pull:
+            raise ModelNotProvisioned(
+                f"model {source!r} is not provisioned under {target}; run `llm-serve models pull {source}`"
+            )
+        return str(pull_model(source, home))
+    local = Path(source).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ValueError(f"{local} is a directory but not a Hugging Face model (no config.json)")
+        return str(local.resolve())
+    if source.startswith(("/", "./", "../", "~")):
+        raise ValueError(f"model directory {source} does not exist")
+    return source

@@ -1,0 +1,114 @@
+"""Errors in OpenAI's wire format, so clients' own error handling (openai.NotFoundError, ...) works.
+
+Every failure leaves the router as `{"error": {"message", "type", "param", "code"}}` with the status
+OpenAI would use; nothing reaches the client as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+logger = logging.getLogger("llm_serve.router")
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "internal_error",
+    502: "api_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+class OpenAIError(Exception):
+    """An error with everything needed to answer it in OpenAI's format."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type or ERROR_TYPES.get(status, "api_error")
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return OpenAIError(status, message, code=code, param=param).body()
+
+
+def from_engine_error(error: Any) -> OpenAIError:
+    """Map vLLM's ErrorResponse onto ours, naming the context-length case as OpenAI does."""
+    info = getattr(error, "error", error)
+    message = str(getattr(info, "message", info))
+    status = int(getattr(info, "code", 500) or 500)
+    if status < 400 or status > 599:
+        status = 500
+    param = getattr(info, "param", None)
+    code = None
+    if "maximum context length" in message:
+        status, code = 400, "context_length_exceeded"
+    elif status == 404:
+        code = "model_not_found"
+    elif status == 400:
+        code = "invalid_value"
+    return OpenAIError(status, message, code=code, param=param)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    parts, first = [], None
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        path = ".".join(loc) or "body"
+        first = first or path
+        parts.append(f"{path}: {err.get('msg')}")
+    return "; ".join(parts) or "invalid request body", first
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return OpenAIError(422, message, code="invalid_value", param=param).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return OpenAIError(exc.status_code, str(exc.detail), code=code).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return OpenAIError(500, f"internal error ({type(exc).__name__})", code="internal_error").response()

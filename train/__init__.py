@@ -1,0 +1,1 @@
+"""llm-serve training plane."""
