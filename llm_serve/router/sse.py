@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 DONE_EVENT = "data: [DONE]\n\n"
-USAGE_MARK = '"usage":{'
-ERROR_MARK = 'data: {"error"'
+# Cheap substring tests decide which events are parsed at all; JSON spacing varies by producer.
+USAGE_MARK = '"usage"'
+ERROR_MARK = '"error"'
+ERROR_PREFIX_LEN = 16
 
 
 class StreamRelay:
@@ -63,7 +65,7 @@ class StreamRelay:
         for event in events:
             if not isinstance(event, str):
                 event = _error_event(event)
-            if USAGE_MARK in event or event.startswith(ERROR_MARK):
+            if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)
             elif event.startswith(DONE_EVENT[:12]):
                 self._done_sent = True

@@ -1,0 +1,52 @@
+"""Our config becomes the LLMConfig Ray Serve LLM expects, with vLLM's CPU knobs in the replica env."""
+
+from llm_serve.config import ModelConfig, parse_config
+from llm_serve.engine.pool import build_llm_config, deployment_options, engine_deployment_name, engine_env
+
+
+def _model(**engine: object) -> ModelConfig:
+    return parse_config({"models": [{"id": "m", "source": "s", "engine": engine}]}).models[0]
+
+
+def test_cpu_engine_sets_kv_cache_and_offline_env() -> None:
+    env = engine_env(_model(kv_cache_gib=3))
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3"
+    assert env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_llm_config_carries_engine_args_and_autoscaling() -> None:
+    model = parse_config(
+        {
+            "models": [
+                {
+                    "id": "m",
+                    "source": "s",
+                    "engine": {"max_model_len": 1024, "dtype": "float32", "extra_engine_args": {"block_size": 32}},
+                    "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 8},
+                }
+            ]
+        }
+    ).models[0]
+    cfg = build_llm_config(model, "/models/m")
+    assert cfg.model_id == "m"
+    assert cfg.engine_kwargs["max_model_len"] == 1024
+    assert cfg.engine_kwargs["dtype"] == "float32"
+    assert cfg.engine_kwargs["block_size"] == 32
+    assert cfg.engine_kwargs["gpu_memory_utilization"] == model.engine.cpu_memory_utilization
+    assert cfg.accelerator_config.kind == "cpu"
+    scaling = cfg.deployment_config["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"], scaling["target_ongoing_requests"]) == (1, 3, 8)
+
+
+def test_gpu_engine_uses_gpu_memory_and_accelerator_type() -> None:
+    model = _model(accelerator="gpu", accelerator_type="L4", tensor_parallel_size=2)
+    cfg = build_llm_config(model, "org/model")
+    assert cfg.accelerator_config.kind == "gpu"
+    assert cfg.accelerator_type == "L4"
+    assert cfg.engine_kwargs["tensor_parallel_size"] == 2
+    assert cfg.engine_kwargs["gpu_memory_utilization"] == 0.9
+    assert "ray_actor_options" not in deployment_options(model)
+
+
+def test_deployment_names_are_serve_safe() -> None:
+    assert engine_deployment_name("org/model-1.5b:v2") == "engine-org--model-1_5b-v2"

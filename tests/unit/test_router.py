@@ -1,0 +1,296 @@
+"""The router's HTTP contract, with stand-in engine handles (pure logic; the real stack is in integration/).
+
+What is checked here is what the router alone decides: which status and error body each bad input
+gets, that rejected requests never reach an engine, and how streams are relayed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionResponse,
+    ErrorInfo,
+    ErrorResponse,
+)
+
+from llm_serve.config import parse_config
+from llm_serve.router.openai_api import Router
+
+MODEL = "tiny"
+
+
+class FakeMethod:
+    def __init__(self, handle: FakeHandle, name: str) -> None:
+        self.handle, self.name = handle, name
+
+    def remote(self, body: Any = None, raw: Any = None) -> Any:
+        if self.name != "check_health":
+            self.handle.calls.append((self.name, body))
+        return self.handle.behaviour(self.name, body)
+
+
+class FakeHandle:
+    """Mimics a DeploymentHandle: `.options(stream=True).chat.remote(body, None)` -> async iterator."""
+
+    def __init__(self, behaviour: Callable[[str, Any], Any]) -> None:
+        self.behaviour = behaviour
+        self.calls: list[tuple[str, Any]] = []
+
+    def options(self, **_: Any) -> FakeHandle:
+        return self
+
+    def __getattr__(self, name: str) -> FakeMethod:
+        return FakeMethod(self, name)
+
+
+async def agen(items: list[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        if isinstance(item, Exception):
+            raise item
+        yield item
+
+
+def chat_response(text: str = "hello") -> ChatCompletionResponse:
+    return ChatCompletionResponse(
+        id="chatcmpl-1",
+        model=MODEL,
+        created=1,
+        choices=[{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    )
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+STREAM = [
+    [sse({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]})],
+    [
+        sse(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}],
+            }
+        ),
+        sse(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            }
+        ),
+        "data: [DONE]\n\n",
+    ],
+]
+
+
+def make_client(behaviour: Callable[[str, Any], Any], **server: Any) -> tuple[httpx.AsyncClient, FakeHandle]:
+    config = parse_config({"models": [{"id": MODEL, "source": "x"}], "server": server})
+    handle = FakeHandle(behaviour)
+    app = Router(config, {MODEL: handle}).build_asgi_app()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return client, handle
+
+
+def default_behaviour(name: str, body: Any) -> Any:
+    if name == "check_health":
+        return _awaitable(None)
+    if body.stream:
+        return agen(STREAM)
+    return agen([chat_response()])
+
+
+async def _awaitable(value: Any) -> Any:
+    return value
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+
+
+def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"}
+    assert {"message", "type", "code"} <= set(body["error"])
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+async def test_models_are_listed_and_retrievable() -> None:
+    client, _ = make_client(default_behaviour)
+    async with client:
+        listing = (await client.get("/v1/models")).json()
+        assert [m["id"] for m in listing["data"]] == [MODEL]
+        assert listing["data"][0]["max_model_len"] == 2048
+        assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
+        assert_openai_error(await client.get("/v1/models/other"), 404, "model_not_found")
+
+
+async def test_unknown_model_is_404_and_never_reaches_an_engine() -> None:
+    client, handle = make_client(default_behaviour)
+    async with client:
+        err = assert_openai_error(
+            await client.post("/v1/chat/completions", json={**CHAT, "model": "gpt-9"}), 404, "model_not_found"
+        )
+        assert err["param"] == "model"
+    assert handle.calls == []
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"{not json", 400, "invalid_json"),
+        (b"[1, 2]", 400, "invalid_json"),
+        (json.dumps({"messages": []}).encode(), 400, "missing_required_parameter"),
+        (json.dumps({**CHAT, "messages": "hi"}).encode(), 422, "invalid_value"),
+        (json.dumps({**CHAT, "max_tokens": "lots"}).encode(), 422, "invalid_value"),
+    ],
+)
+async def test_bad_bodies_get_openai_errors(content: bytes, status: int, code: str) -> None:
+    client, handle = make_client(default_behaviour)
+    async with client:
+        resp = await client.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+        assert_openai_error(resp, status, code)
+    assert handle.calls == []
+
+
+async def test_validation_error_names_the_field() -> None:
+    client, _ = make_client(default_behaviour)
+    async with client:
+        err = assert_openai_error(await client.post("/v1/chat/completions", json={**CHAT, "messages": "hi"}), 422)
+    assert err["param"] == "messages"
+    assert "messages" in err["message"]
+
+
+async def test_oversized_body_is_413_with_or_without_content_length() -> None:
+    client, handle = make_client(default_behaviour, max_body_bytes=2048)
+    big = json.dumps({**CHAT, "messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+    async with client:
+        assert_openai_error(
+            await client.post("/v1/chat/completions", content=big, headers={"content-type": "application/json"}),
+            413,
+            "request_too_large",
+        )
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for i in range(0, len(big), 1000):
+                yield big[i : i + 1000]
+
+        assert_openai_error(
+            await client.post("/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"}),
+            413,
+            "request_too_large",
+        )
+    assert handle.calls == []
+
+
+async def test_non_streaming_response_passes_through_with_usage_and_request_id() -> None:
+    client, handle = make_client(default_behaviour)
+    async with client:
+        resp = await client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "abc"})
+    assert resp.status_code == 200
+    assert resp.headers["x-request-id"] == "abc"
+    body = resp.json()
+    assert body["choices"][0]["message"]["content"] == "hello"
+    assert body["usage"] == {**body["usage"], "prompt_tokens": 5, "completion_tokens": 1}
+    assert handle.calls[0][0] == "chat"
+
+
+async def test_context_length_error_maps_to_openai_code() -> None:
+    def behaviour(name: str, body: Any) -> Any:
+        return agen(
+            [
+                ErrorResponse(
+                    error=ErrorInfo(
+                        message="This model's maximum context length is 2048 tokens. However, your prompt contains 3000",
+                        type="BadRequestError",
+                        code=400,
+                        param="input_tokens",
+                    )
+                )
+            ]
+        )
+
+    client, _ = make_client(behaviour)
+    async with client:
+        err = assert_openai_error(
+            await client.post("/v1/completions", json={"model": MODEL, "prompt": "x"}), 400, "context_length_exceeded"
+        )
+    assert err["type"] == "invalid_request_error"
+
+
+async def test_engine_failure_is_503_not_a_traceback() -> None:
+    def behaviour(name: str, body: Any) -> Any:
+        return agen([RuntimeError("replica died")])
+
+    client, _ = make_client(behaviour)
+    async with client:
+        err = assert_openai_error(await client.post("/v1/chat/completions", json=CHAT), 503, "engine_unavailable")
+    assert "Traceback" not in err["message"]
+
+
+async def _stream_lines(client: httpx.AsyncClient, body: dict) -> list[str]:
+    async with client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        return [line async for line in resp.aiter_lines() if line]
+
+
+async def test_stream_counts_usage_but_hides_it_unless_asked() -> None:
+    client, handle = make_client(default_behaviour)
+    async with client:
+        lines = await _stream_lines(client, {**CHAT, "stream": True})
+        asked = await _stream_lines(client, {**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    sent_bodies = [body for _, body in handle.calls]
+    assert all(b.stream_options.include_usage for b in sent_bodies), "the engine is always asked for usage"
+    assert lines[-1] == "data: [DONE]" and lines.count("data: [DONE]") == 1
+    assert not any('"usage"' in line for line in lines)
+    usage_lines = [json.loads(line[6:]) for line in asked if '"usage"' in line]
+    assert usage_lines and usage_lines[-1]["usage"]["completion_tokens"] == 2
+
+
+async def test_stream_without_done_gets_one_and_midstream_failure_is_reported() -> None:
+    def behaviour(name: str, body: Any) -> Any:
+        return agen([STREAM[0], RuntimeError("engine crashed")])
+
+    client, _ = make_client(behaviour)
+    async with client:
+        lines = await _stream_lines(client, {**CHAT, "stream": True})
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][6:])["error"]
+    assert error["code"] == "engine_error"
+
+
+async def test_health_and_readiness() -> None:
+    client, _ = make_client(default_behaviour)
+    async with client:
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["models"] == {MODEL: "ready"}
+
+    def unhealthy(name: str, body: Any) -> Any:
+        async def fail() -> None:
+            raise RuntimeError("engine down")
+
+        return fail()
+
+    client, _ = make_client(unhealthy)
+    async with client:
+        ready = await client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+
+
+async def test_unknown_route_is_openai_404() -> None:
+    client, _ = make_client(default_behaviour)
+    async with client:
+        assert_openai_error(await client.get("/v1/nothing"), 404)
