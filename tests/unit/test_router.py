@@ -212,7 +212,7 @@ async def test_context_length_error_maps_to_openai_code() -> None:
             [
                 ErrorResponse(
                     error=ErrorInfo(
-                        message="This model's maximum context length is 2048 tokens. However, your prompt contains 3000",
+                        message="This model's maximum context length is 2048 tokens. However, your prompt has 3000",
                         type="BadRequestError",
                         code=400,
                         param="input_tokens",
