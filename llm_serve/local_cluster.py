@@ -51,6 +51,7 @@ class RunState:
     config_path: str | None
     started_at: float
     up_pid: int | None = None
+    milvus_pid: int | None = None
 
 
 def state_path(config: Config) -> Path:
@@ -219,6 +220,8 @@ def stop_tree(root: int, grace_s: float = STOP_GRACE_S) -> list[int]:
 
     Only processes that descend from `root` (or share its process group) are touched: never by name.
     """
+    if root <= 1:  # never the init process or "every process" (0, -1)
+        return []
     targets = tree_pids(root)
     if not targets:
         return []

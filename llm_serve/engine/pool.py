@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llm_serve.config import ModelConfig
+from llm_serve.config import AutoscalingConfig, ModelConfig
 
 OFFLINE_ENV = {
     # No model hub is reachable on the machines we target: without these vLLM and transformers wait
@@ -24,8 +24,13 @@ OFFLINE_ENV = {
 }
 
 
+def deployment_safe(model_id: str) -> str:
+    """A model id as a Serve deployment name part (no '/', ':' or '.')."""
+    return model_id.replace("/", "--").replace(":", "-").replace(".", "_")
+
+
 def engine_deployment_name(model_id: str) -> str:
-    return "engine-" + model_id.replace("/", "--").replace(":", "-").replace(".", "_")
+    return "engine-" + deployment_safe(model_id)
 
 
 def engine_kwargs(model: ModelConfig) -> dict[str, Any]:
@@ -57,8 +62,8 @@ def engine_env(model: ModelConfig) -> dict[str, str]:
     return env
 
 
-def deployment_options(model: ModelConfig) -> dict[str, Any]:
-    scaling = model.autoscaling
+def autoscaling_options(scaling: AutoscalingConfig) -> dict[str, Any]:
+    """Serve's autoscaling_config from ours (shared by engine and embedder deployments)."""
     autoscaling: dict[str, Any] = {
         "min_replicas": scaling.min_replicas,
         "max_replicas": scaling.max_replicas,
@@ -68,8 +73,12 @@ def deployment_options(model: ModelConfig) -> dict[str, Any]:
     }
     if scaling.initial_replicas is not None:
         autoscaling["initial_replicas"] = scaling.initial_replicas
+    return autoscaling
+
+
+def deployment_options(model: ModelConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "autoscaling_config": autoscaling,
+        "autoscaling_config": autoscaling_options(model.autoscaling),
         "max_ongoing_requests": model.max_ongoing_requests,
     }
     if model.engine.accelerator == "cpu":

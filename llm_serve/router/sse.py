@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,7 +26,15 @@ ERROR_PREFIX_LEN = 16
 class StreamRelay:
     """Async iterator of SSE text for the client, built from the engine's first item and the rest."""
 
-    def __init__(self, first: Any, rest: AsyncIterator[Any], *, keep_usage_chunk: bool, deadline_s: float) -> None:
+    def __init__(
+        self,
+        first: Any,
+        rest: AsyncIterator[Any],
+        *,
+        keep_usage_chunk: bool,
+        deadline_s: float,
+        final_extra: dict[str, Any] | None = None,
+    ) -> None:
         self._first = first
         self._rest = rest
         self._keep_usage_chunk = keep_usage_chunk
@@ -33,6 +42,9 @@ class StreamRelay:
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None
         self._done_sent = False
+        # Fields (e.g. RAG `sources`) sent in one last chunk before [DONE], shaped like the usage chunk.
+        self._final_extra = final_extra
+        self._chunk_head: dict[str, Any] = {}
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -53,8 +65,19 @@ class StreamRelay:
                 'data: {"error": {"message": "stream exceeded the request timeout", "type": '
                 '"timeout_error", "param": null, "code": "timeout"}}\n\n'
             )
+        if self._final_extra:
+            yield self._extra_event()
         if not self._done_sent:
             yield DONE_EVENT
+
+    def _extra_event(self) -> str:
+        head = self._chunk_head or {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": "",
+        }
+        return f"data: {json.dumps({**head, 'choices': [], **(self._final_extra or {})})}\n\n"
 
     def _remaining(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
@@ -68,6 +91,9 @@ class StreamRelay:
             if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)
             elif event.startswith(DONE_EVENT[:12]):
+                if self._final_extra:
+                    # Extras go out just before [DONE]; hold [DONE] back and send it after them.
+                    continue
                 self._done_sent = True
             if event:
                 out.append(event)
@@ -86,6 +112,7 @@ class StreamRelay:
         usage = payload.get("usage")
         if isinstance(usage, dict):
             self.usage = usage
+            self._chunk_head = {k: payload[k] for k in ("id", "object", "created", "model") if k in payload}
             if not self._keep_usage_chunk and not payload.get("choices"):
                 return ""
         return event
@@ -103,3 +130,54 @@ def _error_event(obj: Any) -> str:
         }
     }
     return f"data: {json.dumps(body)}\n\n"
+
+
+def refusal_response(
+    body: Any, model_id: str, message: str, extra: dict[str, Any] | None, include_usage: bool, headers: dict[str, str]
+) -> Any:
+    """A chat answer made by the router itself (no engine call): JSON, or a proper SSE stream."""
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    if not body.stream:
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model_id,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": message},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage,
+            **(extra or {}),
+        }
+        return JSONResponse(payload, headers=headers)
+    head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
+
+    def event(obj: dict[str, Any]) -> str:
+        return f"data: {json.dumps({**head, **obj})}\n\n"
+
+    def events() -> list[str]:
+        out = [
+            event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}),
+            event({"choices": [{"index": 0, "delta": {"content": message}, "finish_reason": None}]}),
+            event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+        ]
+        if include_usage:
+            out.append(event({"choices": [], "usage": usage}))
+        out.append(event({"choices": [], **(extra or {})}))
+        out.append(DONE_EVENT)
+        return out
+
+    async def stream() -> AsyncIterator[str]:
+        for item in events():
+            yield item
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})

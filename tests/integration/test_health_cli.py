@@ -12,7 +12,7 @@ def test_health_and_ready(stack) -> None:
     assert httpx.get(f"{stack.url}/healthz", timeout=30).json() == {"status": "ok"}
     ready = httpx.get(f"{stack.url}/readyz", timeout=30)
     assert ready.status_code == 200
-    assert ready.json()["models"] == {stack.model: "ready"}
+    assert ready.json()["models"] == {stack.model: "ready", "all-minilm-l6-v2": "ready"}
 
 
 def test_status_reports_ready(stack) -> None:

@@ -6,11 +6,13 @@ gets, that rejected requests never reach an engine, and how streams are relayed.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionResponse,
@@ -19,9 +21,11 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 )
 
 from llm_serve.config import parse_config
+from llm_serve.rag.embedder import EmbeddingResult
 from llm_serve.router.openai_api import Router
 
 MODEL = "tiny"
+EMBED = "tiny-embed"
 
 
 class FakeMethod:
@@ -92,10 +96,19 @@ STREAM = [
 ]
 
 
-def make_client(behaviour: Callable[[str, Any], Any], **server: Any) -> tuple[httpx.AsyncClient, FakeHandle]:
-    config = parse_config({"models": [{"id": MODEL, "source": "x"}], "server": server})
+def make_client(
+    behaviour: Callable[[str, Any], Any], embed: Callable[[str, Any], Any] | None = None, **server: Any
+) -> tuple[httpx.AsyncClient, FakeHandle]:
+    config = parse_config(
+        {
+            "models": [{"id": MODEL, "source": "x"}],
+            "server": server,
+            "embedding_models": [{"id": EMBED, "max_inputs_per_request": 4}],
+        }
+    )
     handle = FakeHandle(behaviour)
-    app = Router(config, {MODEL: handle}).build_asgi_app()
+    embedders = {EMBED: FakeHandle(embed or default_embed)}
+    app = Router(config, {MODEL: handle}, embedders).build_asgi_app()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
     return client, handle
 
@@ -110,6 +123,13 @@ def default_behaviour(name: str, body: Any) -> Any:
 
 async def _awaitable(value: Any) -> Any:
     return value
+
+
+def default_embed(name: str, texts: Any) -> Any:
+    if name == "check_health":
+        return _awaitable(None)
+    vectors = np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
+    return _awaitable(EmbeddingResult(vectors, [2] * len(texts)))
 
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -130,7 +150,7 @@ async def test_models_are_listed_and_retrievable() -> None:
     client, _ = make_client(default_behaviour)
     async with client:
         listing = (await client.get("/v1/models")).json()
-        assert [m["id"] for m in listing["data"]] == [MODEL]
+        assert [m["id"] for m in listing["data"]] == [MODEL, EMBED]
         assert listing["data"][0]["max_model_len"] == 2048
         assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
         assert_openai_error(await client.get("/v1/models/other"), 404, "model_not_found")
@@ -276,7 +296,7 @@ async def test_health_and_readiness() -> None:
     async with client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         ready = await client.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["models"] == {MODEL: "ready"}
+        assert ready.status_code == 200 and ready.json()["models"] == {MODEL: "ready", EMBED: "ready"}
 
     def unhealthy(name: str, body: Any) -> Any:
         async def fail() -> None:
@@ -294,3 +314,51 @@ async def test_unknown_route_is_openai_404() -> None:
     client, _ = make_client(default_behaviour)
     async with client:
         assert_openai_error(await client.get("/v1/nothing"), 404)
+
+
+async def test_embeddings_float_and_base64() -> None:
+    client, _ = make_client(default_behaviour)
+    async with client:
+        floats = (await client.post("/v1/embeddings", json={"model": EMBED, "input": ["a", "b"]})).json()
+        packed = (
+            await client.post("/v1/embeddings", json={"model": EMBED, "input": ["a", "b"], "encoding_format": "base64"})
+        ).json()
+    assert [d["index"] for d in floats["data"]] == [0, 1]
+    assert floats["data"][1]["embedding"] == [3.0, 4.0, 5.0]
+    assert floats["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+    decoded = np.frombuffer(base64.b64decode(packed["data"][1]["embedding"]), dtype="<f4")
+    assert decoded.tolist() == [3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": EMBED, "input": ""}, 400, "input"),
+        ({"model": EMBED, "input": []}, 400, "input"),
+        ({"model": EMBED, "input": ["ok", "  "]}, 400, "input"),
+        ({"model": EMBED, "input": [[1, 2, 3]]}, 400, "input"),
+        ({"model": EMBED, "input": ["a"] * 5}, 400, "input"),
+        ({"model": EMBED, "input": "a", "encoding_format": "int8"}, 422, "encoding_format"),
+        ({"model": EMBED, "input": "a", "dimensions": 2}, 400, "dimensions"),
+        ({"model": MODEL, "input": "a"}, 404, "model"),
+        ({"model": "nope", "input": "a"}, 404, "model"),
+        ({"input": "a"}, 400, "model"),
+    ],
+)
+async def test_embedding_errors(body: dict, status: int, param: str) -> None:
+    client, _ = make_client(default_behaviour)
+    async with client:
+        err = assert_openai_error(await client.post("/v1/embeddings", json=body), status)
+    assert err["param"] == param
+
+
+async def test_embedding_refusal_from_the_model_is_400() -> None:
+    def refuse(name: str, texts: Any) -> Any:
+        return _awaitable(EmbeddingResult(None, [300], error="input[0] has 300 tokens", error_param="input"))
+
+    client, _ = make_client(default_behaviour, embed=refuse)
+    async with client:
+        err = assert_openai_error(
+            await client.post("/v1/embeddings", json={"model": EMBED, "input": "x"}), 400, "context_length_exceeded"
+        )
+    assert "300 tokens" in err["message"]

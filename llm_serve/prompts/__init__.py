@@ -1,0 +1,1 @@
+"""Prompt templates: versioned files rendered in a sandboxed Jinja2."""

@@ -1,0 +1,1 @@
+"""RAG plane: the embedding deployment (and, next, ingestion into Milvus and retrieval)."""

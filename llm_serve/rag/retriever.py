@@ -1,0 +1,161 @@
+"""Retrieval for the router: embed the question with the embedding deployment, search Milvus, pick context.
+
+The question goes through the same embedding deployment as /v1/embeddings (one model, one set of
+batches), and the search runs in a worker thread because pymilvus' client is synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llm_serve.config import Config, RagAlias
+from llm_serve.prompts.template import PromptTemplate
+from llm_serve.rag.milvus_server import milvus_uri
+from llm_serve.rag.store import Hit, StoreError, VectorStore
+from llm_serve.router.errors import OpenAIError
+
+
+class RagRequest(BaseModel):
+    """The `rag` object a chat request may carry (through the OpenAI SDK's `extra_body`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str
+    top_k: int | None = Field(None, ge=1)
+    filter: str | None = None
+
+
+@dataclass
+class Retrieval:
+    """What retrieval found and what the answer will be built from."""
+
+    collection: str
+    hits: list[Hit]
+    used: list[Hit]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def sources(self) -> list[dict[str, Any]]:
+        return [h.as_source() for h in self.used]
+
+
+def parse_rag(raw: Any, alias: RagAlias | None, config: Config) -> RagRequest | None:
+    """The request's retrieval settings: its own `rag` object over the alias' defaults."""
+    if raw is None and alias is None:
+        return None
+    base: dict[str, Any] = {}
+    if alias is not None:
+        base = {"collection": alias.collection, "top_k": alias.top_k, "filter": alias.filter}
+    if raw is not None and not isinstance(raw, dict):
+        raise OpenAIError(
+            422, 'rag must be an object like {"collection": ..., "top_k": ...}', code="invalid_value", param="rag"
+        )
+    try:
+        request = RagRequest.model_validate({**base, **{k: v for k, v in (raw or {}).items() if v is not None}})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(["rag", *(str(p) for p in first.get("loc", ()))])
+        raise OpenAIError(422, f"{path}: {first.get('msg')}", code="invalid_value", param=path) from None
+    if request.top_k is not None and request.top_k > config.rag.max_top_k:
+        raise OpenAIError(
+            400, f"rag.top_k may be at most {config.rag.max_top_k}", code="invalid_value", param="rag.top_k"
+        )
+    return request
+
+
+def question_of(messages: list[Any]) -> str:
+    """The text of the last user message: what retrieval searches for."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    raise OpenAIError(400, "retrieval needs a user message to search for", code="invalid_value", param="messages")
+
+
+class Retriever:
+    def __init__(self, config: Config, embedders: dict[str, Any]) -> None:
+        self.config = config
+        self.embedder = embedders.get(config.rag.embedding_model)
+        self._store: VectorStore | None = None
+
+    @property
+    def store(self) -> VectorStore:
+        if self._store is None:
+            self._store = VectorStore(self.config.rag.milvus, milvus_uri(self.config))
+        return self._store
+
+    async def retrieve(self, question: str, request: RagRequest) -> Retrieval:
+        if self.embedder is None:
+            raise OpenAIError(
+                503,
+                f"the embedding model '{self.config.rag.embedding_model}' is not deployed",
+                code="engine_unavailable",
+            )
+        started = time.perf_counter()
+        result = await self.embedder.embed.remote([question])
+        if result.error:
+            raise OpenAIError(
+                400,
+                f"the question is too long to search for: {result.error}",
+                code="context_length_exceeded",
+                param="messages",
+            )
+        embedded = time.perf_counter()
+        top_k = request.top_k or self.config.rag.default_top_k
+        try:
+            hits = await asyncio.to_thread(
+                self.store.search, request.collection, result.vectors[0].tolist(), top_k, request.filter or ""
+            )
+        except StoreError as exc:
+            raise OpenAIError(
+                exc.status, str(exc), code=exc.code, param=f"rag.{exc.param}" if exc.param else None
+            ) from None
+        searched = time.perf_counter()
+        used = select_context(hits, self.config.rag.score_threshold, self.config.rag.relative_score_window)
+        return Retrieval(
+            collection=request.collection,
+            hits=hits,
+            used=used,
+            timings_ms={"embed": (embedded - started) * 1000, "search": (searched - embedded) * 1000},
+        )
+
+
+def select_context(hits: list[Hit], threshold: float, window: float) -> list[Hit]:
+    """Hits worth showing the model: above the absolute threshold, near the best one, no repeated text."""
+    if not hits:
+        return []
+    best = max(h.score for h in hits)
+    seen: set[str] = set()
+    used = []
+    for hit in sorted(hits, key=lambda h: h.score, reverse=True):
+        if hit.score < threshold or hit.score < best - window or hit.text in seen:
+            continue
+        seen.add(hit.text)
+        used.append(hit)
+    return used
+
+
+def grounded_messages(
+    prompt: PromptTemplate, retrieval: Retrieval, messages: list[dict[str, Any]], max_chars: int
+) -> list[dict[str, Any]]:
+    """The conversation with the grounded system prompt first (context cut to `max_chars`).
+
+    Chunks go in from least to most relevant, so the best one sits right before the question: on
+    the sample manual SmolLM2-135M answered 7 of 10 questions right that way, against 4 of 10 with
+    the best chunk first (measured with the questions in benchmarks/rag.py).
+    """
+    chunks, total = [], 0
+    for hit in retrieval.used:  # best first, so that the size budget keeps the best
+        if total + len(hit.text) > max_chars and chunks:
+            break
+        chunks.append({"text": hit.text[:max_chars], "source": hit.source, "page": hit.page})
+        total += len(hit.text)
+    system = {"role": "system", "content": prompt.render(chunks=list(reversed(chunks)))}
+    return [system, *messages]
