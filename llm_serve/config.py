@@ -195,6 +195,12 @@ class EmbedderConfig(Strict):
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     max_ongoing_requests: int = Field(256, ge=1, description="Requests one embedder replica accepts at once.")
     num_cpus: float = Field(0.5, ge=0, description="Logical CPUs reserved per embedder replica.")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Torch threads per replica; None uses every core. Ray otherwise pins OMP_NUM_THREADS to "
+        "the replica's num_cpus (1 here), which measured 0.66x the in-process speed.",
+    )
 
     @field_validator("id")
     @classmethod

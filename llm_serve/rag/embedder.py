@@ -11,6 +11,7 @@ truncated document would be retrieved on its first 256 tokens only.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +40,11 @@ class Embedder:
     """Plain class (constructible without Ray); app.py wraps it in a Serve deployment."""
 
     def __init__(self, config: dict[str, Any] | EmbedderConfig) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.config = config if isinstance(config, EmbedderConfig) else EmbedderConfig.model_validate(config)
+        torch.set_num_threads(self.config.num_threads or os.cpu_count() or 1)
         self.model = SentenceTransformer(resolve_embedding_source(self.config.source), device="cpu")
         self.tokenizer = self.model.tokenizer
         self.max_tokens = int(self.model.max_seq_length)

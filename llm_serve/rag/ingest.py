@@ -130,6 +130,8 @@ def ingest(
             for path in bar:
                 bar.set_postfix_str(path.name[:40])
                 _ingest_one(path, collection, store, embedder, config, report)
+            if report.documents:
+                store.flush(collection)
         finally:
             store.close()
     return report

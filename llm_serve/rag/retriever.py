@@ -17,7 +17,7 @@ from llm_serve.config import Config, RagAlias
 from llm_serve.prompts.template import PromptTemplate
 from llm_serve.rag.milvus_server import milvus_uri
 from llm_serve.rag.store import Hit, StoreError, VectorStore
-from llm_serve.router.errors import OpenAIError
+from llm_serve.router.errors import OpenAIError, invalid_body
 
 
 class RagRequest(BaseModel):
@@ -57,9 +57,7 @@ def parse_rag(raw: Any, alias: RagAlias | None, config: Config) -> RagRequest | 
     try:
         request = RagRequest.model_validate({**base, **{k: v for k, v in (raw or {}).items() if v is not None}})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(["rag", *(str(p) for p in first.get("loc", ()))])
-        raise OpenAIError(422, f"{path}: {first.get('msg')}", code="invalid_value", param=path) from None
+        raise invalid_body(exc.errors(), prefix="rag") from None
     if request.top_k is not None and request.top_k > config.rag.max_top_k:
         raise OpenAIError(
             400, f"rag.top_k may be at most {config.rag.max_top_k}", code="invalid_value", param="rag.top_k"

@@ -24,6 +24,9 @@ OUTPUT_FIELDS = ["doc_id", "source", "chunk_index", "page", "text"]
 
 # pymilvus logs every failed RPC with a traceback before raising; a client's bad filter expression is
 # answered with a 400 here and is not worth a traceback in the router's log. Failures still raise.
+# (Set after importing pymilvus: its logging set-up resets the levels of loggers below "pymilvus".)
+import pymilvus  # noqa: E402, F401
+
 logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
 
 
@@ -191,6 +194,10 @@ class VectorStore:
                 ],
             )
 
+    def flush(self, name: str) -> None:
+        """Seal what was written so it is indexed: unsealed rows are searched by brute force."""
+        self.client.flush(name)
+
     def delete_source(self, name: str, source: str) -> int:
         """Remove every chunk of documents whose source is `source` (or lies under it, for a directory)."""
         prefix = source.rstrip("/") + "/"
@@ -205,16 +212,13 @@ class VectorStore:
         from pymilvus.exceptions import MilvusException
 
         check_collection_name(name)
-        if not self.client.has_collection(name):
-            raise StoreError(
-                f"collection '{name}' does not exist", status=404, code="collection_not_found", param="collection"
-            )
-        self._load(name)
         params = {"metric_type": self.config.metric_type, "params": dict(self.config.search_params)}
         ef = params["params"].get("ef")
         if ef is not None and ef < top_k:
             params["params"]["ef"] = top_k
         try:
+            # Existence is learnt from the failure, not asked first: one RPC per search, not three.
+            self._load(name)
             results = self.client.search(
                 name,
                 data=[vector],
@@ -224,6 +228,11 @@ class VectorStore:
                 search_params=params,
             )
         except MilvusException as exc:
+            self._loaded.discard(name)
+            if not self.client.has_collection(name):
+                raise StoreError(
+                    f"collection '{name}' does not exist", status=404, code="collection_not_found", param="collection"
+                ) from None
             if filter_expr:
                 raise StoreError(
                     f"invalid filter expression {filter_expr!r}: {exc.message}",

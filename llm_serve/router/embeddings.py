@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llm_serve.router.errors import OpenAIError
+from llm_serve.router.errors import OpenAIError, invalid_body
 
 
 class EmbeddingRequest(BaseModel):
@@ -28,9 +28,7 @@ def parse_embedding_request(data: dict[str, Any], max_inputs: int) -> tuple[Embe
     try:
         request = EmbeddingRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        path = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise OpenAIError(422, f"{path}: {first.get('msg')}", code="invalid_value", param=path) from None
+        raise invalid_body(exc.errors()) from None
     texts = [request.input] if isinstance(request.input, str) else request.input
     if not texts:
         raise OpenAIError(400, "input must not be empty", code="invalid_value", param="input")

@@ -83,14 +83,15 @@ def from_engine_error(error: Any) -> OpenAIError:
     return OpenAIError(status, message, code=code, param=param)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def invalid_body(errors: list[Any], prefix: str = "") -> OpenAIError:
+    """A 422 naming every bad field (pydantic's error list), `param` being the first one's dotted path."""
     parts, first = [], None
-    for err in exc.errors():
+    for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-        path = ".".join(loc) or "body"
+        path = ".".join([prefix, *loc] if prefix else loc) or "body"
         first = first or path
         parts.append(f"{path}: {err.get('msg')}")
-    return "; ".join(parts) or "invalid request body", first
+    return OpenAIError(422, "; ".join(parts) or "invalid request body", code="invalid_value", param=first)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -100,8 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return OpenAIError(422, message, code="invalid_value", param=param).response()
+        return invalid_body(list(exc.errors())).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -26,7 +26,7 @@ from llm_serve.prompts.template import PromptTemplate
 from llm_serve.rag.retriever import RagRequest, Retrieval, Retriever, grounded_messages, parse_rag, question_of
 from llm_serve.router.body_limit import BodySizeLimit
 from llm_serve.router.embeddings import embedding_response, parse_embedding_request
-from llm_serve.router.errors import OpenAIError, from_engine_error, install_error_handlers
+from llm_serve.router.errors import OpenAIError, from_engine_error, install_error_handlers, invalid_body
 from llm_serve.router.sse import DONE_EVENT, StreamRelay, refusal_response
 
 logger = logging.getLogger("llm_serve.router")
@@ -251,12 +251,7 @@ class Router:
         try:
             return request_cls.model_validate(data)
         except ValidationError as exc:
-            parts, first = [], None
-            for err in exc.errors():
-                path = ".".join(str(p) for p in err.get("loc", ())) or "body"
-                first = first or path
-                parts.append(f"{path}: {err.get('msg')}")
-            raise OpenAIError(422, "; ".join(parts), code="invalid_value", param=first) from None
+            raise invalid_body(exc.errors()) from None
         except ValueError as exc:  # vLLM's own model validators raise plain ValueError
             raise OpenAIError(400, str(exc), code="invalid_value") from None
 
