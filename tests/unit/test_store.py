@@ -35,10 +35,15 @@ def chunks(doc: str, source: str, texts: list[str], seed: int = 0) -> list[Chunk
 
 @pytest.fixture()
 def store(tmp_path: Path):
-    s = VectorStore(MilvusConfig(), str(tmp_path / "milvus.db"))
+    from milvus_lite.server_manager import server_manager_instance
+
+    path = str(tmp_path / "milvus.db")
+    s = VectorStore(MilvusConfig(), path)
     s.ensure_collection("kb", DIM)
     yield s
     s.close()
+    # Stop the in-process Lite server now, while pytest's log capture is still open (at exit it is not).
+    server_manager_instance.release_server(path)
 
 
 def test_ids_derive_from_document_position_and_content() -> None:
