@@ -14,9 +14,14 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from benchmarks.report import percentile
 
 DEFAULT_PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -116,15 +121,6 @@ async def run_level(url: str, model: str, concurrency: int, num_requests: int, m
     return summarize(records, wall, concurrency)
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
 def summarize(records: list[Record], wall: float, concurrency: int) -> dict[str, Any]:
     ok = [r for r in records if r.ok]
     ttft = [r.ttft_s * 1000 for r in ok]
@@ -142,7 +138,7 @@ def summarize(records: list[Record], wall: float, concurrency: int) -> dict[str,
     for name, values in (("ttft_ms", ttft), ("tpot_ms", tpot), ("itl_ms", itl), ("e2el_ms", e2e)):
         out[f"{name}_mean"] = statistics.fmean(values) if values else None
         for q in (50, 90, 95, 99):
-            out[f"{name}_p{q}"] = _pct(values, q / 100)
+            out[f"{name}_p{q}"] = percentile(values, q)
     out["first_errors"] = [r.error for r in records if not r.ok][:3]
     return out
 

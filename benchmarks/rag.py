@@ -32,7 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving_overhead import CONFIG, RESULTS, machine  # noqa: E402
+from benchmarks.report import BENCH_CONFIG as CONFIG  # noqa: E402
+from benchmarks.report import RESULTS, machine, metric, percentile, write_report  # noqa: E402
 from llm_serve.config import load_config  # noqa: E402
 
 SUBJECTS = [
@@ -97,10 +98,6 @@ def synthetic_chunks(n: int, seed: int = 0) -> list[str]:
         ]
         out.append(f"Note {i}: " + " ".join(sentences))
     return out
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values), q))
 
 
 def bench_retrieval(config: Any, uri: str, n_chunks: int, n_queries: int, top_k: int) -> dict[str, Any]:
@@ -278,15 +275,6 @@ def bench_answers(base_url: str, model: str, collection: str) -> dict[str, Any]:
     }
 
 
-def metric(
-    value: float, unit: str, higher: bool, baseline: str | None = None, baseline_value: float | None = None
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"value": round(value, 3), "unit": unit, "higher_is_better": higher}
-    if baseline is not None and baseline_value:
-        out.update(baseline=baseline, baseline_value=round(baseline_value, 3), ratio=round(value / baseline_value, 4))
-    return out
-
-
 def plot(retrieval: dict[str, Any], out: Path) -> None:
     import matplotlib
 
@@ -324,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
         retrieval = bench_retrieval(config, milvus_uri(config), args.chunks, args.queries, 5)
         _log(
-            f"retrieval: ann p50 {pct(retrieval['ann_ms'], 50):.1f} ms, exact p50 "
-            f"{pct(retrieval['exact_ms'], 50):.1f} ms, recall@5 {retrieval['recall']:.4f}"
+            f"retrieval: ann p50 {percentile(retrieval['ann_ms'], 50):.1f} ms, exact p50 "
+            f"{percentile(retrieval['exact_ms'], 50):.1f} ms, recall@5 {retrieval['recall']:.4f}"
         )
         embeddings = bench_embeddings(config, base_url, args.embed_texts, 32, 4)
         _log(f"embeddings: {json.dumps({k: round(v) for k, v in embeddings.items()})} texts/s")
@@ -351,10 +339,18 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/rag.py " + " ".join(argv or sys.argv[1:]),
         "metrics": {
             "retrieval_p50_ms@10k": metric(
-                pct(retrieval["ann_ms"], 50), "ms", False, "numpy-exact-in-process", pct(retrieval["exact_ms"], 50)
+                percentile(retrieval["ann_ms"], 50),
+                "ms",
+                False,
+                "numpy-exact-in-process",
+                percentile(retrieval["exact_ms"], 50),
             ),
             "retrieval_p95_ms@10k": metric(
-                pct(retrieval["ann_ms"], 95), "ms", False, "numpy-exact-in-process", pct(retrieval["exact_ms"], 95)
+                percentile(retrieval["ann_ms"], 95),
+                "ms",
+                False,
+                "numpy-exact-in-process",
+                percentile(retrieval["exact_ms"], 95),
             ),
             "recall@5@10k": metric(retrieval["recall"], "fraction", True),
             "embeddings_texts_per_s@batch32": metric(
@@ -397,13 +393,8 @@ def main(argv: list[str] | None = None) -> int:
             "floored at half a question so the ratio stays finite. One run."
         ),
     }
-    (RESULTS / "rag.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report)
     plot(retrieval, RESULTS / "rag-retrieval.png")
-    for name, m in report["metrics"].items():
-        print(
-            f"{name:36} {m['value']:>10} {m['unit']:8} baseline {m.get('baseline_value', '-')!s:>10} "
-            f"ratio {m.get('ratio', '-')}"
-        )
     return 0
 
 

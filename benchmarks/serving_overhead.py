@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,33 +26,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.loadgen import run_level  # noqa: E402
+from benchmarks.report import BENCH_CONFIG as CONFIG  # noqa: E402
+from benchmarks.report import RESULTS, machine, metric, write_report  # noqa: E402
 from llm_serve.config import load_config  # noqa: E402
 from llm_serve.local_cluster import stop_tree  # noqa: E402
 from llm_serve.models import resolve_model_source  # noqa: E402
 
-CONFIG = ROOT / "benchmarks" / "configs" / "bench.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
+BASELINE = "vllm-api-server"
 VLLM_PORT = 8032
 READY_TIMEOUT_S = 900
 
 
 def _log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        mem_kb = int(
-            next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")).split()[1]
-        )
-    except (OSError, StopIteration, ValueError):
-        mem_kb = 0
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024), "gpu": None}
 
 
 def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -174,33 +159,21 @@ def _median(runs: list[dict[str, Any]], c: int, key: str) -> float:
 
 def build_report(ours: list[dict], base: list[dict], levels: list[int], command: str, repeats: int) -> dict:
     metrics: dict[str, Any] = {}
-
-    def add(name: str, key: str, c: int, unit: str, higher: bool) -> None:
-        value, baseline = _median(ours, c, key), _median(base, c, key)
-        metrics[f"{name}@c{c}"] = {
-            "value": round(value, 2),
-            "unit": unit,
-            "baseline": "vllm-api-server",
-            "baseline_value": round(baseline, 2),
-            "ratio": round(value / baseline, 4) if baseline else None,
-            "higher_is_better": higher,
-        }
-
     for c in levels:
-        add("output_tokens_per_s", "output_tokens_per_s", c, "tok/s", True)
-        add("ttft_p50_ms", "ttft_ms_p50", c, "ms", False)
-        add("ttft_p99_ms", "ttft_ms_p99", c, "ms", False)
-        add("tpot_p50_ms", "tpot_ms_p50", c, "ms", False)
-    start_ours = statistics.median(r["startup_s"] for r in ours)
-    start_base = statistics.median(r["startup_s"] for r in base)
-    metrics["startup_to_first_answer_s"] = {
-        "value": round(start_ours, 1),
-        "unit": "s",
-        "baseline": "vllm-api-server",
-        "baseline_value": round(start_base, 1),
-        "ratio": round(start_ours / start_base, 3),
-        "higher_is_better": False,
-    }
+        for name, key, unit, higher in (
+            ("output_tokens_per_s", "output_tokens_per_s", "tok/s", True),
+            ("ttft_p50_ms", "ttft_ms_p50", "ms", False),
+            ("ttft_p99_ms", "ttft_ms_p99", "ms", False),
+            ("tpot_p50_ms", "tpot_ms_p50", "ms", False),
+        ):
+            metrics[f"{name}@c{c}"] = metric(_median(ours, c, key), unit, higher, BASELINE, _median(base, c, key))
+    metrics["startup_to_first_answer_s"] = metric(
+        statistics.median(r["startup_s"] for r in ours),
+        "s",
+        False,
+        BASELINE,
+        statistics.median(r["startup_s"] for r in base),
+    )
     spread = {c: [round(r["levels"][c]["output_tokens_per_s"], 1) for r in ours] for c in levels}
     spread_base = {c: [round(r["levels"][c]["output_tokens_per_s"], 1) for r in base] for c in levels}
     return {
@@ -266,14 +239,9 @@ def main(argv: list[str] | None = None) -> int:
             )
     command = "python benchmarks/serving_overhead.py " + " ".join(argv or sys.argv[1:])
     report = build_report(runs["llm-serve"], runs["vllm-api-server"], args.concurrency, command, args.repeats)
-    (RESULTS / "serving-overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report)
     (RESULTS / "raw" / "serving-overhead-runs.json").write_text(json.dumps(runs, indent=2))
     plot(runs, args.concurrency, RESULTS / "serving-overhead.png")
-    for name, metric in report["metrics"].items():
-        print(
-            f"{name:32} llm-serve {metric['value']:>9} {metric['unit']:6} vLLM {metric['baseline_value']:>9}  "
-            f"ratio {metric['ratio']}"
-        )
     return 0
 
 

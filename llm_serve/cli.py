@@ -54,7 +54,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     os.environ.update(lc.RAY_ENV)
     state = lc.RunState(
         ray_pid=0,
-        pgid=0,
         gcs_address=address or "",
         temp_dir=str(lc.ray_temp_dir(config)),
         url="",
@@ -73,7 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if address is None:
             _say(f"starting a private Ray (GCS 127.0.0.1:{config.ray.gcs_port}, temp dir {state.temp_dir})")
             head = lc.start_head(config, config.home_path / "logs" / "ray-head.log")
-            state.ray_pid = state.pgid = head.pid
+            state.ray_pid = head.pid
             state.gcs_address = address = f"127.0.0.1:{config.ray.gcs_port}"
             lc.write_state(config, state)
         state.url = deploy(config, address)

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from llm_serve.config import Config
@@ -43,7 +43,6 @@ class RunState:
     """What `up` started, for `down` and `status`."""
 
     ray_pid: int
-    pgid: int
     gcs_address: str
     temp_dir: str
     url: str
@@ -60,8 +59,10 @@ def state_path(config: Config) -> Path:
 
 def read_state(config: Config) -> RunState | None:
     try:
-        return RunState(**json.loads(state_path(config).read_text()))
-    except (OSError, ValueError, TypeError):
+        data = json.loads(state_path(config).read_text())
+        known = {f.name for f in fields(RunState)}
+        return RunState(**{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 

@@ -53,9 +53,6 @@ class Embedder:
         self._encode_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
         self.batches_run = 0
 
-    def info(self) -> dict[str, Any]:
-        return {"id": self.config.id, "dimension": self.dimension, "max_tokens": self.max_tokens}
-
     async def check_health(self) -> None:
         return None
 

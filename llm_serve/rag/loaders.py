@@ -58,21 +58,21 @@ def collect_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], 
     """Expand directories (sorted, recursive); returns files to load and (path, reason) skipped."""
     files: list[Path] = []
     skipped: list[tuple[str, str]] = []
+
+    def consider(file: Path) -> None:
+        if file.suffix.lower() in SUPPORTED:
+            files.append(file)
+        else:
+            skipped.append((source_name(file), f"unsupported file type '{file.suffix or '(none)'}'"))
+
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                if any(part.startswith(".") for part in child.relative_to(path).parts):
-                    continue
-                if child.suffix.lower() in SUPPORTED:
-                    files.append(child)
-                else:
-                    skipped.append((source_name(child), f"unsupported file type '{child.suffix or '(none)'}'"))
+                if not any(part.startswith(".") for part in child.relative_to(path).parts):
+                    consider(child)
         elif path.is_file():
-            if path.suffix.lower() in SUPPORTED:
-                files.append(path)
-            else:
-                skipped.append((source_name(path), f"unsupported file type '{path.suffix or '(none)'}'"))
+            consider(path)
         else:
             skipped.append((str(path), "no such file or directory"))
     return files, skipped

@@ -125,9 +125,6 @@ class VectorStore:
             self.client.load_collection(name)
             self._loaded.add(name)
 
-    def list_collections(self) -> list[str]:
-        return sorted(self.client.list_collections())
-
     def ensure_collection(self, name: str, dimension: int) -> None:
         from pymilvus import DataType
 

@@ -61,10 +61,6 @@ class OpenAIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    return OpenAIError(status, message, code=code, param=param).body()
-
-
 def from_engine_error(error: Any) -> OpenAIError:
     """Map vLLM's ErrorResponse onto ours, naming the context-length case as OpenAI does."""
     info = getattr(error, "error", error)

@@ -27,7 +27,7 @@ from llm_serve.rag.retriever import RagRequest, Retrieval, Retriever, grounded_m
 from llm_serve.router.body_limit import BodySizeLimit
 from llm_serve.router.embeddings import embedding_response, parse_embedding_request
 from llm_serve.router.errors import OpenAIError, from_engine_error, install_error_handlers, invalid_body
-from llm_serve.router.sse import DONE_EVENT, StreamRelay, refusal_response
+from llm_serve.router.sse import DONE_EVENT, StreamRelay, refusal_response, sse
 
 logger = logging.getLogger("llm_serve.router")
 
@@ -348,7 +348,7 @@ class Router:
             logger.exception("stream %s failed", record.request_id)
             record.finish(500, type(exc).__name__)
             err = OpenAIError(500, f"the stream failed ({type(exc).__name__})", code="engine_error")
-            yield f"data: {json.dumps(err.body())}\n\n{DONE_EVENT}"
+            yield sse(err.body()) + DONE_EVENT
             return
         if relay.usage:
             record.prompt_tokens = relay.usage.get("prompt_tokens") or 0

@@ -4,7 +4,8 @@ LLMServer yields batches (lists) of ready-made `data: {...}\n\n` strings. The re
 untouched except for two things the router needs: it reads the usage chunk (so every streamed
 request is counted), dropping it again when the client did not ask for it, and it guarantees the
 stream ends with `data: [DONE]`. Only events that can carry usage or an error are parsed, so the
-per-token path stays a string join.
+per-token path stays a string join. The upstream `[DONE]` is always held back and sent last, after
+anything the router adds (RAG sources), so it appears exactly once and at the end.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from llm_serve.router.errors import OpenAIError, from_engine_error
+
 DONE_EVENT = "data: [DONE]\n\n"
 # Cheap substring tests decide which events are parsed at all; JSON spacing varies by producer.
 USAGE_MARK = '"usage"'
 ERROR_MARK = '"error"'
 ERROR_PREFIX_LEN = 16
+
+
+def sse(payload: dict[str, Any]) -> str:
+    """One server-sent event carrying `payload` as JSON."""
+    return f"data: {json.dumps(payload)}\n\n"
 
 
 class StreamRelay:
@@ -41,7 +49,6 @@ class StreamRelay:
         self._deadline = time.monotonic() + deadline_s
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None
-        self._done_sent = False
         # Fields (e.g. RAG `sources`) sent in one last chunk before [DONE], shaped like the usage chunk.
         self._final_extra = final_extra
         self._chunk_head: dict[str, Any] = {}
@@ -61,14 +68,10 @@ class StreamRelay:
                         yield text
         except TimeoutError:
             self.error = "timeout"
-            yield (
-                'data: {"error": {"message": "stream exceeded the request timeout", "type": '
-                '"timeout_error", "param": null, "code": "timeout"}}\n\n'
-            )
+            yield sse(OpenAIError(504, "stream exceeded the request timeout", code="timeout").body())
         if self._final_extra:
             yield self._extra_event()
-        if not self._done_sent:
-            yield DONE_EVENT
+        yield DONE_EVENT
 
     def _extra_event(self) -> str:
         head = self._chunk_head or {
@@ -77,7 +80,7 @@ class StreamRelay:
             "created": int(time.time()),
             "model": "",
         }
-        return f"data: {json.dumps({**head, 'choices': [], **(self._final_extra or {})})}\n\n"
+        return sse({**head, "choices": [], **(self._final_extra or {})})
 
     def _remaining(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
@@ -87,14 +90,12 @@ class StreamRelay:
         out = []
         for event in events:
             if not isinstance(event, str):
-                event = _error_event(event)
+                # An ErrorResponse object mid-stream: the same mapping as a non-streamed engine error.
+                event = sse(from_engine_error(event).body())
             if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)
             elif event.startswith(DONE_EVENT[:12]):
-                if self._final_extra:
-                    # Extras go out just before [DONE]; hold [DONE] back and send it after them.
-                    continue
-                self._done_sent = True
+                continue
             if event:
                 out.append(event)
         return "".join(out)
@@ -116,20 +117,6 @@ class StreamRelay:
             if not self._keep_usage_chunk and not payload.get("choices"):
                 return ""
         return event
-
-
-def _error_event(obj: Any) -> str:
-    """An ErrorResponse object that arrived mid-stream, rendered as an SSE error event."""
-    info = getattr(obj, "error", obj)
-    body = {
-        "error": {
-            "message": str(getattr(info, "message", info)),
-            "type": getattr(info, "type", "api_error"),
-            "param": getattr(info, "param", None),
-            "code": getattr(info, "code", None),
-        }
-    }
-    return f"data: {json.dumps(body)}\n\n"
 
 
 def refusal_response(
@@ -162,7 +149,7 @@ def refusal_response(
     head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
 
     def event(obj: dict[str, Any]) -> str:
-        return f"data: {json.dumps({**head, **obj})}\n\n"
+        return sse({**head, **obj})
 
     def events() -> list[str]:
         out = [

@@ -50,7 +50,6 @@ def test_state_roundtrip(tmp_path: Path, monkeypatch) -> None:
     assert read_state(config) is None
     state = RunState(
         ray_pid=1,
-        pgid=1,
         gcs_address="127.0.0.1:1",
         temp_dir="/t",
         url="http://x",
