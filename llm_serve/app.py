@@ -19,11 +19,15 @@ from llm_serve.config import Config, load_config, parse_config
 from llm_serve.engine import build_engine_deployment
 from llm_serve.engine.pool import OFFLINE_ENV, autoscaling_options, deployment_safe
 from llm_serve.models import resolve_model_source
+from llm_serve.prompts import PromptRegistry
 from llm_serve.prompts.template import PromptTemplate
 from llm_serve.rag.embedder import Embedder
 from llm_serve.router.openai_api import Router
+from llm_serve.router.state import RouterState
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Every router replica's admissions and ledger writes queue here; they are each well under a millisecond.
+STATE_MAX_ONGOING = 4096
 
 
 def build_app(config: Config, *, pull_models: bool = True) -> Application:
@@ -48,21 +52,37 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
             )
             .bind(embedder.model_dump(mode="json"))
         )
+    # One replica on purpose: rate-limit windows, spend and the exact cache must be one truth for
+    # every router replica (see router/state.py).
+    state = (
+        serve.deployment(RouterState, name="router-state")
+        .options(num_replicas=1, max_ongoing_requests=STATE_MAX_ONGOING, ray_actor_options={"num_cpus": 0})
+        .bind(config.model_dump(mode="json"))
+    )
     router = serve.deployment(serve.ingress()(Router), name="router").options(
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,
         ray_actor_options={"num_cpus": config.router.num_cpus},
     )
-    prompts = {"rag": load_rag_prompt(config).to_dict()}
-    return router.bind(config.model_dump(mode="json"), engines, embedders, prompts)
+    prompts = {"rag": load_rag_prompt(config).to_dict(), "registry": load_prompt_registry(config).to_dict()}
+    return router.bind(config.model_dump(mode="json"), engines, embedders, prompts, state)
+
+
+def _project_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = PROJECT_ROOT / path
+    return path
+
+
+def load_prompt_registry(config: Config) -> PromptRegistry:
+    """The prompt registry, read (and checked against its lock) on the driver; replicas get plain data."""
+    return PromptRegistry.load(_project_path(config.prompts.directory))
 
 
 def load_rag_prompt(config: Config) -> PromptTemplate:
     """The grounded-answer prompt, read here (on the driver) so replicas need no access to the file."""
-    path = Path(config.rag.prompt_file).expanduser()
-    if not path.is_absolute() and not path.exists():
-        path = PROJECT_ROOT / path
-    return PromptTemplate.load(path)
+    return PromptTemplate.load(_project_path(config.rag.prompt_file))
 
 
 def app_builder(args: dict[str, Any]) -> Application:

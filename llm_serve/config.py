@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 DEFAULT_HOME = "~/.llm-serve"
 HOME_ENV = "LLM_SERVE_HOME"
 CONFIG_ENV = "LLM_SERVE_CONFIG"
+AUTO_MODEL = "auto"
 MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
 
 
@@ -86,6 +87,23 @@ class RouterConfig(Strict):
     num_cpus: float = Field(0.0, ge=0, description="Logical CPUs reserved per router replica.")
 
 
+class Price(Strict):
+    """What one model (or adapter) costs, in USD per million tokens; every request is priced with it."""
+
+    input_per_1m: float = Field(0.0, ge=0, description="Prompt tokens.")
+    output_per_1m: float = Field(0.0, ge=0, description="Completion tokens.")
+    cached_input_per_1m: float | None = Field(
+        None, ge=0, description="Prompt tokens served from the engine's prefix cache; None: the input price."
+    )
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        cached = min(cached_tokens, prompt_tokens)
+        cached_rate = self.input_per_1m if self.cached_input_per_1m is None else self.cached_input_per_1m
+        return (
+            (prompt_tokens - cached) * self.input_per_1m + cached * cached_rate + completion_tokens * self.output_per_1m
+        ) / 1e6
+
+
 class EngineConfig(Strict):
     """Engine arguments for one vLLM replica (handed to vLLM's AsyncEngineArgs)."""
 
@@ -121,6 +139,16 @@ class EngineConfig(Strict):
     seed: int = Field(0, description="Engine seed for reproducible sampling.")
     cpu_omp_threads_bind: str = Field(
         "auto", description="VLLM_CPU_OMP_THREADS_BIND on CPU; 'auto' measured fastest on 2 cores."
+    )
+    request_router: Literal["pow2", "prefix_aware"] = Field(
+        "prefix_aware",
+        description="How the router picks a replica in this pool: Serve's power-of-two-choices, or Ray Serve "
+        "LLM's PrefixCacheAffinityRouter (requests sharing a prompt prefix go where it is cached).",
+    )
+    prefix_router_kwargs: dict[str, Any] = Field(
+        default_factory=lambda: {"imbalanced_threshold": 8, "match_rate_threshold": 0.1},
+        description="PrefixCacheAffinityRouter arguments: fall back to the shortest queue past this queue "
+        "imbalance; a replica must match at least this fraction of the prompt to be preferred.",
     )
     stream_batching_interval_ms: float = Field(
         10.0,
@@ -175,6 +203,10 @@ class ModelConfig(Strict):
         64, ge=1, description="Requests one engine replica accepts at once before Serve queues."
     )
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per engine replica (CPU accelerator only).")
+    price: Price = Field(default_factory=Price, description="Per-token price of this model.")
+    adapter_prices: dict[str, Price] = Field(
+        default_factory=dict, description="Prices of LoRA adapters on this model by adapter name (default: price)."
+    )
 
 
 class EmbedderConfig(Strict):
@@ -204,6 +236,7 @@ class EmbedderConfig(Strict):
         description="Torch threads per replica; None uses every core. Ray otherwise pins OMP_NUM_THREADS to "
         "the replica's num_cpus (1 here), which measured 0.66x the in-process speed.",
     )
+    price: Price = Field(default_factory=Price, description="Per-token price of embedding input.")
 
 
 class MilvusConfig(Strict):
@@ -268,7 +301,7 @@ class RagConfig(Strict):
         "I don't know. The knowledge base has nothing on that.", description="The answer when refusing."
     )
     prompt_file: str = Field(
-        "configs/prompts/rag-grounded.yaml",
+        "configs/prompts/rag-grounded/1.yaml",
         description="The grounded-answer prompt (versioned YAML); relative paths are from the project root.",
     )
     max_context_chars: int = Field(6000, ge=100, description="Upper bound on the context pasted into the prompt.")
@@ -279,6 +312,140 @@ class RagConfig(Strict):
         if self.chunk_overlap_tokens >= self.chunk_size_tokens:
             raise ValueError("chunk_overlap_tokens must be smaller than chunk_size_tokens")
         return self
+
+
+class ApiKey(Strict):
+    """One API key (a tenant): what it may call, how fast, and how much it may spend.
+
+    The key itself is never in the file: give its SHA-256 (`llm-serve keys create` prints one) or the
+    name of an environment variable that holds it; either way only the hash is kept in memory.
+    """
+
+    name: str = Field(..., min_length=1, max_length=128, description="Tenant name: ledger, limits and caches.")
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key.")
+    key_env: str | None = Field(None, description="Environment variable holding the key (read at start).")
+    models: list[str] | None = Field(None, description="Model ids (or aliases) allowed; None allows all.")
+    rpm: int | None = Field(None, ge=1, description="Requests per minute (sliding window).")
+    tpm: int | None = Field(None, ge=1, description="Tokens (prompt + completion) per minute (sliding window).")
+    budget_usd: float | None = Field(None, ge=0, description="Spend allowed per budget period.")
+    budget_period: Literal["day", "month", "total"] = Field("month", description="Calendar period (UTC).")
+    admin: bool = Field(False, description="May read /admin/usage for every key.")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"key {self.name!r}: give exactly one of key_sha256 and key_env")
+        return self
+
+
+class AuthConfig(Strict):
+    """API keys. With none configured the endpoint is open (the local default) and callers are 'anonymous'."""
+
+    keys: list[ApiKey] = Field(default_factory=list, description="The accepted keys.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        names = [k.name for k in self.keys]
+        if len(names) != len(set(names)):
+            raise ValueError("API key names must be unique")
+        return self
+
+
+class LedgerConfig(Strict):
+    """The persistent record of every request: one row each, written before the response completes."""
+
+    enabled: bool = Field(True, description="Write the ledger (budgets need it to survive restarts).")
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL (e.g. postgresql+psycopg://...); None: SQLite at <home>/ledger.sqlite. "
+        "With several router replicas on different nodes use a shared database.",
+    )
+
+
+class ExactCacheConfig(Strict):
+    """Answers reused for byte-identical requests (after canonicalisation)."""
+
+    enabled: bool = Field(True, description="Look up and fill the exact cache.")
+    ttl_s: float = Field(3600.0, gt=0, description="Seconds an answer stays valid.")
+    max_entries: int = Field(10_000, ge=1, description="Entries kept; the least recently used go first.")
+    deterministic_only: bool = Field(
+        True, description="Cache only requests whose answer is reproducible (temperature 0 or a seed)."
+    )
+
+
+class SemanticCacheConfig(Strict):
+    """Answers reused for rephrased questions: embedding neighbours, confirmed by a lexical check."""
+
+    enabled: bool = Field(False, description="Needs an embedding model and Milvus.")
+    embedding_model: str = Field("all-minilm-l6-v2", description="Embedding model (an embedding_models id).")
+    collection: str = Field("llm_serve_semantic_cache", description="Milvus collection (partitioned by scope).")
+    threshold: float = Field(
+        0.83,
+        gt=0,
+        le=1,
+        description="Lowest cosine similarity that can be a hit (candidates then need the lexical check). "
+        "Measured on 171 labelled pairs (benchmarks/semantic_precision.py): with the check, precision is 1.0 "
+        "at any threshold and 0.83 is the highest that keeps every paraphrase the check accepts (hit rate "
+        "0.71); cosine alone never passed 0.68 precision.",
+    )
+    lexical_check: bool = Field(
+        True,
+        description="Require equal content terms and numbers, not just nearby vectors: cosine alone scored "
+        "'refund after 30 days' vs 'within 30 days' at 0.98 (precision never above 0.6).",
+    )
+    synonyms: list[list[str]] = Field(
+        default_factory=list, description="Word groups the lexical check treats as one term (e.g. phone/telephone)."
+    )
+    multi_turn: bool = Field(
+        False, description="Also cache conversations with earlier turns (the earlier turns enter the scope)."
+    )
+    ttl_s: float = Field(86_400.0, gt=0, description="Seconds an answer stays valid.")
+    max_answer_chars: int = Field(16_000, ge=1, description="Longer answers are not stored.")
+
+
+class CacheConfig(Strict):
+    exact: ExactCacheConfig = Field(default_factory=ExactCacheConfig)
+    semantic: SemanticCacheConfig = Field(default_factory=SemanticCacheConfig)
+    coalesce: bool = Field(
+        True, description="Identical deterministic requests in flight together share one engine call."
+    )
+    hit_billing: Literal["free", "cached_input", "full"] = Field(
+        "cached_input",
+        description="What a cache hit costs the caller: nothing, its prompt tokens at the cached-input "
+        "price (no output), or the full price.",
+    )
+
+
+class AutoRule(Strict):
+    """One rule of `model: auto`: when it applies, the cheapest of its models that the key may use wins."""
+
+    models: list[str] = Field(..., min_length=1, description="Candidate model ids.")
+    max_input_tokens: int | None = Field(
+        None, ge=1, description="Applies when the prompt is at most this long (estimated at 4 chars per token)."
+    )
+    needs_tools: bool | None = Field(None, description="Applies only when the request does (not) use tools.")
+
+
+class RoutingConfig(Strict):
+    """Model ids onto engine pools: aliases, fallbacks and `model: auto`."""
+
+    aliases: dict[str, str] = Field(
+        default_factory=dict, description="Extra model ids clients may send, each naming a served model."
+    )
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per model: pools tried in order when its engine fails or is overloaded before answering.",
+    )
+    max_attempts: int = Field(3, ge=1, description="Pools tried per request, the first included.")
+    auto: list[AutoRule] = Field(
+        default_factory=list, description="Rules for `model: auto`, first match wins; empty disables 'auto'."
+    )
+
+
+class PromptsConfig(Strict):
+    directory: str = Field(
+        "configs/prompts", description="The prompt registry (relative paths are from the project root)."
+    )
 
 
 class Config(Strict):
@@ -300,6 +467,11 @@ class Config(Strict):
         description="Embedding models served on /v1/embeddings and used by retrieval; may be empty.",
     )
     rag: RagConfig = Field(default_factory=RagConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:
@@ -314,6 +486,25 @@ class Config(Strict):
                 raise ValueError(f"rag alias {alias.id!r} names model {alias.model!r}, which is not served")
         if self.rag.embedding_model not in {m.id for m in self.embedding_models} and self.rag.aliases:
             raise ValueError(f"rag.embedding_model {self.rag.embedding_model!r} is not in embedding_models")
+        if not self.ledger.enabled and any(k.budget_usd is not None for k in self.auth.keys):
+            raise ValueError("budgets need the ledger (ledger.enabled: true)")
+        semantic = self.cache.semantic
+        if semantic.enabled and semantic.embedding_model not in {m.id for m in self.embedding_models}:
+            raise ValueError(f"cache.semantic.embedding_model {semantic.embedding_model!r} is not in embedding_models")
+        routing = self.routing
+        for alias, target in routing.aliases.items():
+            if alias in seen or alias == AUTO_MODEL:
+                raise ValueError(f"routing alias {alias!r} clashes with a model id")
+            if target not in served:
+                raise ValueError(f"routing alias {alias!r} names {target!r}, which is not served")
+        for model_id, targets in routing.fallbacks.items():
+            for target in [model_id, *targets]:
+                if target not in served:
+                    raise ValueError(f"routing.fallbacks: {target!r} is not a served model")
+        for rule in routing.auto:
+            for target in rule.models:
+                if target not in served:
+                    raise ValueError(f"routing.auto: {target!r} is not a served model")
         return self
 
     @property
@@ -329,6 +520,14 @@ class Config(Strict):
 
     def embedder(self, model_id: str) -> EmbedderConfig | None:
         return next((m for m in self.embedding_models if m.id == model_id), None)
+
+    def price(self, model_id: str, adapter: str | None = None) -> Price:
+        """The price of a served model (or one of its adapters), or of an embedding model."""
+        model = self.model(model_id)
+        if model is not None:
+            return model.adapter_prices.get(adapter, model.price) if adapter else model.price
+        embedder = self.embedder(model_id)
+        return embedder.price if embedder is not None else Price()
 
 
 def _format_errors(exc: ValidationError, origin: str) -> str:

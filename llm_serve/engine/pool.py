@@ -29,6 +29,10 @@ def deployment_safe(model_id: str) -> str:
     return model_id.replace("/", "--").replace(":", "-").replace(".", "_")
 
 
+# Ray Serve LLM's prefix-cache-aware replica choice; it runs in the caller (our router's handles).
+PREFIX_AWARE_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+
+
 def engine_deployment_name(model_id: str) -> str:
     return "engine-" + deployment_safe(model_id)
 
@@ -83,6 +87,11 @@ def deployment_options(model: ModelConfig) -> dict[str, Any]:
     }
     if model.engine.accelerator == "cpu":
         options["ray_actor_options"] = {"num_cpus": model.num_cpus}
+    if model.engine.request_router == "prefix_aware":
+        options["request_router_config"] = {
+            "request_router_class": PREFIX_AWARE_ROUTER,
+            "request_router_kwargs": dict(model.engine.prefix_router_kwargs),
+        }
     return options
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_serve.config import Config, RagAlias
-from llm_serve.prompts.template import PromptTemplate
+from llm_serve.prompts.version import PromptVersion
 from llm_serve.rag.milvus_server import milvus_uri
 from llm_serve.rag.store import Hit, StoreError, VectorStore
 from llm_serve.router.errors import OpenAIError, invalid_body
@@ -141,7 +141,7 @@ def select_context(hits: list[Hit], threshold: float, window: float) -> list[Hit
 
 
 def grounded_messages(
-    prompt: PromptTemplate, retrieval: Retrieval, messages: list[dict[str, Any]], max_chars: int
+    prompt: PromptVersion, retrieval: Retrieval, messages: list[dict[str, Any]], max_chars: int
 ) -> list[dict[str, Any]]:
     """The conversation with the grounded system prompt first (context cut to `max_chars`).
 

@@ -9,6 +9,7 @@ receives exactly the objects Ray Serve LLM's LLMServer expects.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import time
@@ -22,49 +23,107 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llm_serve.config import Config, EmbedderConfig, ModelConfig, RagAlias
+from llm_serve.engine.pool import deployment_safe
+from llm_serve.prompts import PromptError, PromptNotFound, PromptRegistry, PromptVariablesError
 from llm_serve.prompts.template import PromptTemplate
+from llm_serve.rag.milvus_server import milvus_uri
 from llm_serve.rag.retriever import RagRequest, Retrieval, Retriever, grounded_messages, parse_rag, question_of
+from llm_serve.router.auth import ANONYMOUS, Caller, KeyRing
 from llm_serve.router.body_limit import BodySizeLimit
+from llm_serve.router.cache_keys import CacheContext, exact_key, is_deterministic, semantic_parts
+from llm_serve.router.coalesce import Coalescer
 from llm_serve.router.embeddings import embedding_response, parse_embedding_request
 from llm_serve.router.errors import OpenAIError, from_engine_error, install_error_handlers, invalid_body
-from llm_serve.router.sse import DONE_EVENT, StreamRelay, refusal_response, sse
+from llm_serve.router.replay import assemble, refusal_payload, replay
+from llm_serve.router.routing import route_candidates
+from llm_serve.router.semantic_cache import SemanticCache
+from llm_serve.router.sse import DONE_EVENT, StreamRelay, sse
+from llm_serve.router.state import RouterState, StateClient
 
 logger = logging.getLogger("llm_serve.router")
 
 READY_CHECK_TIMEOUT_S = 5.0
 REQUEST_ID_HEADER = "x-request-id"
+CACHE_HEADER = "x-llm-serve-cache"  # hit | semantic_hit | miss | bypass | coalesced | none
+SIMILARITY_HEADER = "x-llm-serve-cache-similarity"
+COST_HEADER = "x-llm-serve-cost-usd"
+MODEL_HEADER = "x-llm-serve-model"  # the pool that answered (after aliases, auto and fallbacks)
+PROMPT_HEADER = "x-llm-serve-prompt"  # name@version+hash of a registry prompt
 
 
 @dataclass
 class RequestRecord:
-    """What one request cost and how it ended; the ledger and metrics build on this."""
+    """What one request cost and how it ended: the ledger row, the log line and (later) the metrics."""
 
     request_id: str
     route: str
     model: str
     stream: bool
+    key_name: str = ANONYMOUS
     started: float = field(default_factory=time.monotonic)
     status: int = 200
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cache: str = "none"
+    adapter: str | None = None
+    prompt: str | None = None
     error: str | None = None
+    finished: bool = False
+    accounted: bool = False
 
     def finish(self, status: int | None = None, error: str | None = None) -> None:
         if status is not None:
             self.status = status
         self.error = error
-        latency_ms = (time.monotonic() - self.started) * 1000
+        self.finished = True
+
+    def take_usage(self, usage: dict[str, Any] | None) -> None:
+        usage = usage or {}
+        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        self.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+
+    @property
+    def latency_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
+
+    def ledger_row(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "key_name": self.key_name,
+            "route": self.route,
+            "model": self.model,
+            "adapter": self.adapter,
+            "prompt": self.prompt,
+            "stream": self.stream,
+            "status": self.status,
+            "latency_ms": round(self.latency_ms, 2),
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": self.cost_usd,
+            "cache": self.cache,
+            "error": self.error,
+        }
+
+    def log(self) -> None:
         logger.info(
-            "request %s route=%s model=%s stream=%s status=%d prompt_tokens=%d completion_tokens=%d latency_ms=%.1f%s",
+            "request %s key=%s route=%s model=%s stream=%s status=%d cache=%s prompt_tokens=%d "
+            "completion_tokens=%d cost_usd=%.8f latency_ms=%.1f%s",
             self.request_id,
+            self.key_name,
             self.route,
             self.model,
             self.stream,
             self.status,
+            self.cache,
             self.prompt_tokens,
             self.completion_tokens,
-            latency_ms,
-            f" error={error}" if error else "",
+            self.cost_usd,
+            self.latency_ms,
+            f" error={self.error}" if self.error else "",
         )
 
 
@@ -76,22 +135,35 @@ def _protocol() -> Any:
 
 
 class Router:
-    """Validates OpenAI requests, picks the engine pool by model id, relays results back."""
+    """Authenticates, limits, renders prompts, caches, coalesces and routes OpenAI requests to engine pools."""
 
     def __init__(
         self,
         config: dict[str, Any] | Config,
         engines: dict[str, Any],
         embedders: dict[str, Any] | None = None,
-        prompts: dict[str, dict[str, Any]] | None = None,
+        prompts: dict[str, Any] | None = None,
+        state: Any = None,
     ) -> None:
         self.config = config if isinstance(config, Config) else Config.model_validate(config)
         self.engines = engines
         self.embedders = embedders or {}
-        rag_prompt = (prompts or {}).get("rag")
-        self.rag_prompt = PromptTemplate.from_dict(rag_prompt) if rag_prompt else None
+        prompts = prompts or {}
+        self.rag_prompt = PromptTemplate.from_dict(prompts["rag"]) if prompts.get("rag") else None
+        self.prompts = PromptRegistry.from_dict(prompts["registry"]) if prompts.get("registry") else None
         self.retriever = Retriever(self.config, self.embedders)
         self.stream_engines = {mid: h.options(stream=True) for mid, h in engines.items()}
+        self.keys = KeyRing(self.config.auth)
+        self.state = StateClient(state if state is not None else RouterState(self.config))
+        self.coalescer = Coalescer()
+        semantic = self.config.cache.semantic
+        self.semantic = (
+            SemanticCache(
+                semantic, self.config.rag.milvus, milvus_uri(self.config), self.embedders[semantic.embedding_model]
+            )
+            if semantic.enabled and semantic.embedding_model in self.embedders
+            else None
+        )
         self.created = int(time.time())
         self.api = _protocol()
 
@@ -111,6 +183,9 @@ class Router:
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
         app.add_api_route("/v1/completions", self.completions, methods=["POST"])
         app.add_api_route("/v1/embeddings", self.embeddings, methods=["POST"])
+        app.add_api_route("/admin/usage", self.admin_usage, methods=["GET"])
+        app.add_api_route("/admin/requests", self.admin_requests, methods=["GET"])
+        app.add_api_route("/admin/cache", self.admin_cache, methods=["GET"])
         return app
 
     # ---- health ---------------------------------------------------------------------------------
@@ -134,6 +209,43 @@ class Router:
             {"status": "ready" if ready else "not ready", "models": states}, status_code=200 if ready else 503
         )
 
+    # ---- auth and admin -------------------------------------------------------------------------
+
+    def _caller(self, request: Request) -> Caller:
+        return self.keys.authenticate(request.headers.get("authorization"), request.headers.get("x-api-key"))
+
+    def _admin(self, request: Request) -> Caller:
+        caller = self._caller(request)
+        if caller.key is not None and not caller.key.admin:
+            raise OpenAIError(403, f"The API key '{caller.name}' is not an admin key", code="admin_only")
+        return caller
+
+    async def admin_usage(self, request: Request) -> dict[str, Any]:
+        """Spend and tokens per key and model for a calendar period (UTC), from the ledger."""
+        self._admin(request)
+        period = request.query_params.get("period", "month")
+        if period not in ("day", "month", "total"):
+            raise OpenAIError(400, "period must be day, month or total", code="invalid_value", param="period")
+        return await self.state.call("usage", period, request.query_params.get("key"))
+
+    async def admin_requests(self, request: Request) -> dict[str, Any]:
+        """The latest ledger rows (newest first)."""
+        self._admin(request)
+        try:
+            limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
+        except ValueError:
+            raise OpenAIError(400, "limit must be an integer", code="invalid_value", param="limit") from None
+        rows = await self.state.call("recent", limit, request.query_params.get("key"))
+        return {"object": "list", "data": rows}
+
+    async def admin_cache(self, request: Request) -> dict[str, Any]:
+        """Exact-cache counters (shared) and this router replica's coalescing counters."""
+        self._admin(request)
+        return {
+            "exact": await self.state.call("cache_stats"),
+            "coalescing": {"engine_calls": self.coalescer.calls, "joined": self.coalescer.joined},
+        }
+
     # ---- models ---------------------------------------------------------------------------------
 
     def _model_card(self, model: ModelConfig | EmbedderConfig | RagAlias) -> dict[str, Any]:
@@ -146,33 +258,45 @@ class Router:
             card.update(root=model.source, parent=None, type="embedding")
         return card
 
-    async def list_models(self) -> dict[str, Any]:
+    def _alias_card(self, alias: str, target: str) -> dict[str, Any]:
+        return {
+            "id": alias,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llm-serve",
+            "root": target,
+            "parent": target,
+            "type": "alias",
+        }
+
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        caller = self._caller(request)
         models = [
             *self.config.models,
             *self.config.rag.aliases,
             *(m for m in self.config.embedding_models if m.id in self.embedders),
         ]
-        return {"object": "list", "data": [self._model_card(m) for m in models]}
+        cards = [self._model_card(m) for m in models]
+        cards += [self._alias_card(a, t) for a, t in self.config.routing.aliases.items()]
+        return {"object": "list", "data": [c for c in cards if caller.may_use(c["id"]) or caller.may_use(c["root"])]}
 
-    async def get_model(self, model_id: str) -> dict[str, Any]:
+    async def get_model(self, model_id: str, request: Request) -> dict[str, Any]:
+        self._caller(request)
         model = (
             self.config.model(model_id)
             or self.config.rag_alias(model_id)
             or (self.config.embedder(model_id) if model_id in self.embedders else None)
         )
-        if model is None:
-            raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
-        return self._model_card(model)
+        if model is not None:
+            return self._model_card(model)
+        if model_id in self.config.routing.aliases:
+            return self._alias_card(model_id, self.config.routing.aliases[model_id])
+        raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
 
-    # ---- generation -----------------------------------------------------------------------------
-
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._generate(request, route="chat", request_cls=self.api.ChatCompletionRequest)
-
-    async def completions(self, request: Request) -> Response:
-        return await self._generate(request, route="completions", request_cls=self.api.CompletionRequest)
+    # ---- embeddings -----------------------------------------------------------------------------
 
     async def embeddings(self, request: Request) -> Response:
+        caller = self._caller(request)
         data = await self._read_json(request)
         model_id = data.get("model")
         if not isinstance(model_id, str) or not model_id:
@@ -185,31 +309,44 @@ class Router:
             raise OpenAIError(
                 404, f"The embedding model '{model_id}' does not exist{hint}", code="model_not_found", param="model"
             )
-        body, texts = parse_embedding_request(data, config.max_inputs_per_request)
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        record = RequestRecord(request_id=request_id, route="embeddings", model=model_id, stream=False)
-        try:
-            result = await asyncio.wait_for(
-                self.embedders[model_id].embed.remote(texts), self.config.server.request_timeout_s
-            )
-        except Exception as exc:
-            raise call_failed(record, exc, f"the embedding model '{model_id}'") from None
-        if result.error:
-            record.finish(400, result.error)
-            raise OpenAIError(400, result.error, code="context_length_exceeded", param=result.error_param)
-        if body.dimensions is not None and body.dimensions != result.vectors.shape[1]:
-            record.finish(400, "dimensions")
+        if not caller.may_use(model_id):
             raise OpenAIError(
-                400,
-                f"'{model_id}' produces {result.vectors.shape[1]}-dimensional vectors; "
-                f"dimensions={body.dimensions} is not supported",
-                code="invalid_value",
-                param="dimensions",
+                403, f"The API key '{caller.name}' may not use the model '{model_id}'", code="model_not_allowed"
             )
+        body, texts = parse_embedding_request(data, config.max_inputs_per_request)
+        record = RequestRecord(
+            request_id=_request_id(request), route="embeddings", model=model_id, stream=False, key_name=caller.name
+        )
+        try:
+            await self._admit(caller, record)
+            try:
+                result = await asyncio.wait_for(
+                    self.embedders[model_id].embed.remote(texts), self.config.server.request_timeout_s
+                )
+            except Exception as exc:
+                raise call_failed(record, exc, f"the embedding model '{model_id}'") from None
+            if result.error:
+                raise OpenAIError(400, result.error, code="context_length_exceeded", param=result.error_param)
+            if body.dimensions is not None and body.dimensions != result.vectors.shape[1]:
+                raise OpenAIError(
+                    400,
+                    f"'{model_id}' produces {result.vectors.shape[1]}-dimensional vectors; "
+                    f"dimensions={body.dimensions} is not supported",
+                    code="invalid_value",
+                    param="dimensions",
+                )
+        except OpenAIError as exc:
+            await self._account(record, exc)
+            raise
         record.prompt_tokens = result.prompt_tokens
+        record.cost_usd = self.config.price(model_id).cost(result.prompt_tokens, 0)
         record.finish(200)
+        await self._account(record)
         payload = embedding_response(model_id, result.vectors, result.prompt_tokens, body.encoding_format)
-        return JSONResponse(payload, headers={REQUEST_ID_HEADER: request_id})
+        payload["usage"]["cost_usd"] = record.cost_usd
+        return JSONResponse(payload, headers=self._headers(record))
+
+    # ---- shared request plumbing ----------------------------------------------------------------
 
     async def _read_json(self, request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -226,18 +363,6 @@ class Router:
             raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")
         return data
 
-    def _resolve_model(self, data: dict[str, Any]) -> str:
-        model_id = data.get("model")
-        if model_id is None:
-            raise OpenAIError(
-                400, "you must provide a model parameter", code="missing_required_parameter", param="model"
-            )
-        if not isinstance(model_id, str):
-            raise OpenAIError(422, "model must be a string", code="invalid_type", param="model")
-        if model_id not in self.engines:
-            raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
-        return model_id
-
     def _validate(self, request_cls: type, data: dict[str, Any]) -> Any:
         try:
             return request_cls.model_validate(data)
@@ -246,72 +371,346 @@ class Router:
         except ValueError as exc:  # vLLM's own model validators raise plain ValueError
             raise OpenAIError(400, str(exc), code="invalid_value") from None
 
+    async def _admit(self, caller: Caller, record: RequestRecord) -> None:
+        """Rate limits and budget, checked and counted atomically in the shared state (no engine call on refusal)."""
+        key = caller.key
+        if key is None or (key.rpm is None and key.tpm is None and key.budget_usd is None):
+            return
+        refusal = await self.state.call("admit", caller.name, key.rpm, key.tpm, key.budget_usd, key.budget_period)
+        if refusal is not None:
+            headers = {"retry-after": str(refusal["retry_after"])} if refusal.get("retry_after") else None
+            raise OpenAIError(429, refusal["message"], code=refusal["code"], headers=headers)
+
+    async def _account(self, record: RequestRecord, exc: OpenAIError | None = None) -> None:
+        """Write the ledger row (once), before the client's response completes."""
+        if record.accounted:
+            return
+        if exc is not None and (not record.finished or record.status < 400):
+            record.finish(exc.status, exc.message)
+        record.accounted = True
+        record.log()
+        try:
+            await self.state.call("record", record.ledger_row())
+        except Exception:
+            logger.exception("could not record request %s", record.request_id)
+
+    def _headers(self, record: RequestRecord, **extra: str) -> dict[str, str]:
+        headers = {REQUEST_ID_HEADER: record.request_id, MODEL_HEADER: record.model}
+        if record.prompt:
+            headers[PROMPT_HEADER] = record.prompt
+        if record.route != "embeddings":
+            headers[CACHE_HEADER] = record.cache
+        return {**headers, **extra}
+
+    def _price(self, record: RequestRecord, hit: bool) -> float:
+        price = self.config.price(record.model, record.adapter)
+        if not hit:
+            return price.cost(record.prompt_tokens, record.completion_tokens, record.cached_tokens)
+        billing = self.config.cache.hit_billing
+        if billing == "free":
+            return 0.0
+        if billing == "full":
+            return price.cost(record.prompt_tokens, record.completion_tokens)
+        return price.cost(record.prompt_tokens, 0, cached_tokens=record.prompt_tokens)
+
+    # ---- generation -----------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, route="chat", request_cls=self.api.ChatCompletionRequest)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, route="completions", request_cls=self.api.CompletionRequest)
+
     async def _generate(self, request: Request, *, route: str, request_cls: type) -> Response:
+        caller = self._caller(request)
         data = await self._read_json(request)
-        requested_model = data.get("model")
-        alias = self.config.rag_alias(requested_model) if isinstance(requested_model, str) else None
+        requested = data.get("model")
+        record = RequestRecord(
+            request_id=_request_id(request),
+            route=route,
+            model=requested if isinstance(requested, str) else "",
+            stream=bool(data.get("stream")),
+            key_name=caller.name,
+        )
+        try:
+            response = await self._generate_for(request, caller, data, record, route, request_cls)
+        except OpenAIError as exc:
+            if record.model:  # requests that never named a model are not worth a ledger row
+                await self._account(record, exc)
+            else:
+                record.finish(exc.status, exc.message)
+                record.log()
+            raise
+        if record.finished:  # streams from an engine are accounted by _stream, before their [DONE]
+            await self._account(record)
+        return response
+
+    async def _generate_for(
+        self,
+        request: Request,
+        caller: Caller,
+        data: dict[str, Any],
+        record: RequestRecord,
+        route: str,
+        request_cls: type,
+    ) -> Response:
+        requested = data.get("model")
+        if requested is None:
+            raise OpenAIError(
+                400, "you must provide a model parameter", code="missing_required_parameter", param="model"
+            )
+        if not isinstance(requested, str):
+            raise OpenAIError(422, "model must be a string", code="invalid_type", param="model")
         rag_raw = data.pop("rag", None)
+        prompt_raw = data.pop("prompt", None) if route == "chat" else None
+        cache_opt = data.pop("cache", None)
+        if cache_opt is not None and not isinstance(cache_opt, bool):
+            raise OpenAIError(422, "cache must be true or false", code="invalid_type", param="cache")
+        alias = self.config.rag_alias(requested)
         if alias is not None:
-            data["model"] = alias.model
-        model_id = self._resolve_model(data)
+            if not caller.may_use(requested):
+                raise OpenAIError(
+                    403, f"The API key '{caller.name}' may not use the model '{requested}'", code="model_not_allowed"
+                )
+            candidates = [alias.model]
+        else:
+            candidates = route_candidates(self.config, requested, caller, data)
+        record.model = candidates[0]
+        data["model"] = candidates[0]
         if route != "chat" and (rag_raw is not None or alias is not None):
             raise OpenAIError(
                 400, "retrieval (rag) is supported on /v1/chat/completions only", code="invalid_value", param="rag"
             )
         rag = parse_rag(rag_raw, alias, self.config)
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        if prompt_raw is not None:
+            record.prompt = self._apply_prompt(prompt_raw, data, caller)
         client_wants_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         if data.get("stream"):
-            # Usage is always asked of the engine, so that streamed requests are counted (and later
-            # priced) like any other; the relay drops the usage chunk again if the client did not ask.
+            # Usage is always asked of the engine, so that streamed requests are counted and priced
+            # like any other; the relay drops the usage chunk again if the client did not ask.
             data = {**data, "stream_options": {**(data.get("stream_options") or {}), "include_usage": True}}
         body = self._validate(request_cls, data)
         if route == "chat":
             body = _sanitize_messages(body)
-        record = RequestRecord(request_id=request_id, route=route, model=model_id, stream=bool(body.stream))
-        headers = {REQUEST_ID_HEADER: request_id}
+        await self._admit(caller, record)
+
         extra: dict[str, Any] | None = None
         if rag is not None:
             retrieval, extra = await self._retrieve(body, rag, alias)
             if not retrieval.used and self.config.rag.fallback == "refuse":
                 record.finish(200)
-                return refusal_response(
-                    body, model_id, self.config.rag.refusal_message, extra, client_wants_usage, headers
+                record.cache = "none"
+                payload = refusal_payload(record.model, self.config.rag.refusal_message)
+                return replay(
+                    payload,
+                    stream=bool(body.stream),
+                    include_usage=client_wants_usage,
+                    headers=self._headers(record),
+                    extra=extra,
                 )
-        timeout = self.config.server.request_timeout_s
-        method = getattr(self.stream_engines[model_id], route)
-        try:
-            results = method.remote(body, None)
-            first = await asyncio.wait_for(results.__anext__(), timeout)
-        except OpenAIError as exc:
-            record.finish(exc.status, exc.message)
-            raise
-        except StopAsyncIteration:
-            record.finish(502, "empty engine response")
-            raise OpenAIError(502, "the engine returned no response", code="engine_error") from None
-        except Exception as exc:
-            raise call_failed(record, exc, f"the engine for '{model_id}'") from None
 
-        head = first[0] if isinstance(first, list) and first else first
-        if is_error_response(head):
-            err = from_engine_error(head)
-            record.finish(err.status, err.message)
-            raise err
+        bypass = cache_opt is False or "no-cache" in (request.headers.get("cache-control") or "").lower()
+        cacheable = is_deterministic(body) or not self.config.cache.exact.deterministic_only
+        ctx = CacheContext(caller.name, route, record.model, record.adapter, record.prompt)
+        lookup = CacheLookup(ctx=ctx, bypass=bypass, cacheable=cacheable)
+        if bypass:
+            record.cache = "bypass"
+        elif cacheable:
+            hit = await self._cache_lookup(body, lookup, record)
+            if hit is not None:
+                return self._cached_response(hit, record, body, client_wants_usage, extra, lookup)
+            record.cache = "miss"
+        return await self._call_engines(body, candidates, record, lookup, client_wants_usage, extra)
+
+    def _apply_prompt(self, raw: Any, data: dict[str, Any], caller: Caller) -> str:
+        """Render a registry prompt into the request: its messages first, its output schema enforced."""
+        if self.prompts is None:
+            raise OpenAIError(503, "no prompt registry is loaded on this server", code="prompts_unavailable")
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise OpenAIError(
+                422,
+                "prompt must be an object with a 'name' (and 'version' or 'alias', 'variables')",
+                code="invalid_value",
+                param="prompt",
+            )
+        variables = raw.get("variables") or {}
+        if not isinstance(variables, dict):
+            raise OpenAIError(422, "prompt.variables must be an object", code="invalid_type", param="prompt.variables")
+        unknown = set(raw) - {"name", "version", "alias", "variables"}
+        if unknown:
+            raise OpenAIError(
+                422, f"prompt has unknown fields: {sorted(unknown)}", code="invalid_value", param="prompt"
+            )
+        try:
+            resolved = self.prompts.resolve(
+                raw["name"],
+                version=None if raw.get("version") is None else str(raw["version"]),
+                alias=raw.get("alias"),
+                sticky_key=data.get("user") if isinstance(data.get("user"), str) else None,
+            )
+            prompt = resolved.prompt
+            messages = prompt.render_messages(variables)
+        except PromptNotFound as exc:
+            raise OpenAIError(404, str(exc), code="prompt_not_found", param="prompt") from None
+        except PromptVariablesError as exc:
+            raise OpenAIError(400, str(exc), code="invalid_prompt_variables", param=exc.param) from None
+        except PromptError as exc:
+            raise OpenAIError(400, str(exc), code="invalid_prompt", param="prompt") from None
+        existing = data.get("messages") or []
+        if not isinstance(existing, list):
+            raise OpenAIError(422, "messages must be a list", code="invalid_type", param="messages")
+        data["messages"] = [*messages, *existing]
+        if prompt.output_schema is not None:
+            if data.get("response_format") is not None:
+                raise OpenAIError(
+                    400,
+                    f"prompt {prompt.ref} sets its own output schema; drop response_format",
+                    code="invalid_value",
+                    param="response_format",
+                )
+            data["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": deployment_safe(prompt.name), "schema": prompt.output_schema, "strict": True},
+            }
+        return prompt.ref
+
+    # ---- caches ---------------------------------------------------------------------------------
+
+    async def _cache_lookup(self, body: Any, lookup: CacheLookup, record: RequestRecord) -> dict[str, Any] | None:
+        if self.config.cache.exact.enabled:
+            lookup.exact_key = exact_key(body, lookup.ctx)
+            hit = await self.state.call("cache_get", lookup.exact_key)
+            if hit is not None:
+                record.cache = "hit"
+                return hit
+        if self.semantic is not None:
+            parts = semantic_parts(body, lookup.ctx, self.config.cache.semantic.multi_turn)
+            if parts is not None:
+                lookup.scope, lookup.question = parts
+                probe = await self.semantic.lookup(lookup.scope, lookup.question)
+                lookup.vector = probe.vector
+                if probe.hit is not None:
+                    record.cache = "semantic_hit"
+                    lookup.similarity = probe.hit.similarity
+                    return probe.hit.payload
+        return None
+
+    def _cached_response(
+        self,
+        payload: dict[str, Any],
+        record: RequestRecord,
+        body: Any,
+        include_usage: bool,
+        extra: dict[str, Any] | None,
+        lookup: CacheLookup,
+    ) -> Response:
+        payload = copy.deepcopy(payload)
+        record.take_usage(payload.get("usage"))
+        record.cost_usd = self._price(record, hit=True)
+        if isinstance(payload.get("usage"), dict):
+            payload["usage"]["cost_usd"] = record.cost_usd
+        record.finish(200)
+        headers = self._headers(record, **{COST_HEADER: f"{record.cost_usd:.10f}"})
+        if lookup.similarity is not None:
+            headers[SIMILARITY_HEADER] = f"{lookup.similarity:.4f}"
+        return replay(payload, stream=bool(body.stream), include_usage=include_usage, headers=headers, extra=extra)
+
+    async def _fill(self, lookup: CacheLookup, payload: dict[str, Any] | None) -> None:
+        if payload is None or lookup.bypass or not lookup.cacheable:
+            return
+        if not all(c.get("finish_reason") in ("stop", "length", "tool_calls") for c in payload.get("choices", [])):
+            return
+        payload = {k: v for k, v in payload.items() if k not in ("sources", "rag")}
+        if lookup.exact_key is not None:
+            await self.state.call("cache_put", lookup.exact_key, payload)
+        if self.semantic is not None and lookup.scope is not None and lookup.question is not None:
+            await self.semantic.store(lookup.scope, lookup.question, lookup.vector, payload)
+
+    # ---- engines --------------------------------------------------------------------------------
+
+    def _engine_results(self, model_id: str, route: str, body: Any, lookup: CacheLookup, record: RequestRecord) -> Any:
+        method = getattr(self.stream_engines[model_id], route)
+        if not (self.config.cache.coalesce and lookup.cacheable and not lookup.bypass):
+            return method.remote(body, None)
+        key = (lookup.exact_key or exact_key(body, lookup.ctx)) + (":stream" if body.stream else ":json")
+        results, joined = self.coalescer.join(key, lambda: method.remote(body, None))
+        if joined:
+            record.cache = "coalesced"
+        return results
+
+    async def _call_engines(
+        self,
+        body: Any,
+        candidates: list[str],
+        record: RequestRecord,
+        lookup: CacheLookup,
+        include_usage: bool,
+        extra: dict[str, Any] | None,
+    ) -> Response:
+        timeout = self.config.server.request_timeout_s
+        for attempt, model_id in enumerate(candidates):
+            last = attempt == len(candidates) - 1
+            if model_id != record.model:
+                logger.warning("request %s: falling back from %s to %s", record.request_id, record.model, model_id)
+                record.model = model_id
+                body.model = model_id
+                lookup.ctx = CacheContext(**{**lookup.ctx.__dict__, "model": model_id})
+                lookup.exact_key = None
+            try:
+                results = self._engine_results(model_id, record.route, body, lookup, record)
+                first = await asyncio.wait_for(results.__anext__(), timeout)
+            except OpenAIError:
+                raise
+            except StopAsyncIteration:
+                if last:
+                    raise OpenAIError(502, "the engine returned no response", code="engine_error") from None
+                continue
+            except TimeoutError:
+                raise call_failed(record, TimeoutError(), f"the engine for '{model_id}'") from None
+            except Exception as exc:
+                if last:
+                    raise call_failed(record, exc, f"the engine for '{model_id}'") from None
+                continue
+            head = first[0] if isinstance(first, list) and first else first
+            if is_error_response(head):
+                err = from_engine_error(head)
+                if err.status >= 500 and not last:
+                    continue
+                raise err
+            break
         if not body.stream:
             payload = head.model_dump(mode="json", exclude_none=False)
-            usage = payload.get("usage") or {}
-            record.prompt_tokens = usage.get("prompt_tokens") or 0
-            record.completion_tokens = usage.get("completion_tokens") or 0
+            record.take_usage(payload.get("usage"))
+            coalesced = record.cache == "coalesced"
+            record.cost_usd = self._price(record, hit=coalesced)
+            if not coalesced:
+                await self._fill(lookup, payload)
+            if isinstance(payload.get("usage"), dict):
+                payload["usage"]["cost_usd"] = record.cost_usd
             record.finish(200)
             if extra:
                 payload.update(extra)
-            return JSONResponse(payload, headers=headers)
-        relay = StreamRelay(first, results, keep_usage_chunk=client_wants_usage, deadline_s=timeout, final_extra=extra)
-        return StreamingResponse(
-            self._stream(relay, record),
-            media_type="text/event-stream",
-            headers={**headers, "cache-control": "no-cache"},
+            return JSONResponse(payload, headers=self._headers(record, **{COST_HEADER: f"{record.cost_usd:.10f}"}))
+        fill = lookup.cacheable and not lookup.bypass and record.cache != "coalesced"
+        relay = StreamRelay(
+            first,
+            results,
+            keep_usage_chunk=include_usage,
+            deadline_s=timeout,
+            final_extra=extra,
+            on_usage=lambda usage: {"cost_usd": self._stream_cost(record, usage)},
+            collect=fill,
         )
+        return StreamingResponse(
+            self._stream(relay, record, lookup if fill else None),
+            media_type="text/event-stream",
+            headers={**self._headers(record), "cache-control": "no-cache"},
+        )
+
+    def _stream_cost(self, record: RequestRecord, usage: dict[str, Any]) -> float:
+        record.take_usage(usage)
+        record.cost_usd = self._price(record, hit=record.cache == "coalesced")
+        return record.cost_usd
 
     async def _retrieve(self, body: Any, rag: RagRequest, alias: RagAlias | None) -> tuple[Retrieval, dict[str, Any]]:
         """Search the knowledge base and ground the conversation; returns what the response reports."""
@@ -337,23 +736,52 @@ class Router:
         }
         return retrieval, {"sources": retrieval.sources(), "rag": info}
 
-    async def _stream(self, relay: StreamRelay, record: RequestRecord) -> AsyncIterator[str]:
+    async def _stream(
+        self, relay: StreamRelay, record: RequestRecord, lookup: CacheLookup | None
+    ) -> AsyncIterator[str]:
+        """Relay the engine's events; the ledger row is written before the final [DONE] goes out."""
         try:
             async for text in relay:
+                if text == DONE_EVENT:
+                    break
                 yield text
         except asyncio.CancelledError:
             record.finish(499, "client disconnected")
+            await asyncio.shield(self._account(record))
             raise
         except Exception as exc:
             logger.exception("stream %s failed", record.request_id)
             record.finish(500, type(exc).__name__)
+            await self._account(record)
             err = OpenAIError(500, f"the stream failed ({type(exc).__name__})", code="engine_error")
             yield sse(err.body()) + DONE_EVENT
             return
         if relay.usage:
-            record.prompt_tokens = relay.usage.get("prompt_tokens") or 0
-            record.completion_tokens = relay.usage.get("completion_tokens") or 0
+            record.take_usage(relay.usage)
+            record.cost_usd = self._price(record, hit=record.cache == "coalesced")
         record.finish(500 if relay.error else 200, relay.error)
+        await self._account(record)
+        if lookup is not None and relay.events is not None and not relay.error:
+            await self._fill(lookup, assemble(relay.events, record.route))
+        yield DONE_EVENT
+
+
+@dataclass
+class CacheLookup:
+    """One request's cache coordinates, carried from lookup to fill."""
+
+    ctx: CacheContext
+    bypass: bool
+    cacheable: bool
+    exact_key: str | None = None
+    scope: str | None = None
+    question: str | None = None
+    vector: list[float] | None = None
+    similarity: float | None = None
+
+
+def _request_id(request: Request) -> str:
+    return request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
 
 
 def call_failed(record: RequestRecord, exc: Exception, what: str) -> OpenAIError:

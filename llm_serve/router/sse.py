@@ -14,7 +14,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from llm_serve.router.errors import OpenAIError, from_engine_error
@@ -42,6 +42,8 @@ class StreamRelay:
         keep_usage_chunk: bool,
         deadline_s: float,
         final_extra: dict[str, Any] | None = None,
+        on_usage: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        collect: bool = False,
     ) -> None:
         self._first = first
         self._rest = rest
@@ -52,6 +54,10 @@ class StreamRelay:
         # Fields (e.g. RAG `sources`) sent in one last chunk before [DONE], shaped like the usage chunk.
         self._final_extra = final_extra
         self._chunk_head: dict[str, Any] = {}
+        # Called with the engine's usage; what it returns (the cost) is added to the usage chunk.
+        self._on_usage = on_usage
+        # Every engine event kept, so the finished stream can be assembled for the cache.
+        self.events: list[str] | None = [] if collect else None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -92,6 +98,8 @@ class StreamRelay:
             if not isinstance(event, str):
                 # An ErrorResponse object mid-stream: the same mapping as a non-streamed engine error.
                 event = sse(from_engine_error(event).body())
+            if self.events is not None:
+                self.events.append(event)
             if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)
             elif event.startswith(DONE_EVENT[:12]):
@@ -116,55 +124,7 @@ class StreamRelay:
             self._chunk_head = {k: payload[k] for k in ("id", "object", "created", "model") if k in payload}
             if not self._keep_usage_chunk and not payload.get("choices"):
                 return ""
+            if self._on_usage is not None:
+                usage.update(self._on_usage(usage))
+                return sse(payload)
         return event
-
-
-def refusal_response(
-    body: Any, model_id: str, message: str, extra: dict[str, Any] | None, include_usage: bool, headers: dict[str, str]
-) -> Any:
-    """A chat answer made by the router itself (no engine call): JSON, or a proper SSE stream."""
-    from starlette.responses import JSONResponse, StreamingResponse
-
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    if not body.stream:
-        payload = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model_id,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": message},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage,
-            **(extra or {}),
-        }
-        return JSONResponse(payload, headers=headers)
-    head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
-
-    def event(obj: dict[str, Any]) -> str:
-        return sse({**head, **obj})
-
-    def events() -> list[str]:
-        out = [
-            event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}),
-            event({"choices": [{"index": 0, "delta": {"content": message}, "finish_reason": None}]}),
-            event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-        ]
-        if include_usage:
-            out.append(event({"choices": [], "usage": usage}))
-        out.append(event({"choices": [], **(extra or {})}))
-        out.append(DONE_EVENT)
-        return out
-
-    async def stream() -> AsyncIterator[str]:
-        for item in events():
-            yield item
-
-    return StreamingResponse(stream(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})

@@ -27,7 +27,7 @@ def test_context_keeps_relevant_near_best_unique_chunks() -> None:
 
 
 def test_best_chunk_is_rendered_last_and_sources_stay_best_first() -> None:
-    prompt = PromptTemplate.load(ROOT / "configs" / "prompts" / "rag-grounded.yaml")
+    prompt = PromptTemplate.load(ROOT / "configs" / "prompts" / "rag-grounded" / "1.yaml")
     used = [hit("FIRST-BEST", 0.9), hit("SECOND", 0.8)]
     retrieval = Retrieval("kb", used, used)
     messages = grounded_messages(prompt, retrieval, [{"role": "user", "content": "q?"}], max_chars=1000)
@@ -45,7 +45,7 @@ def test_context_budget_keeps_the_best() -> None:
 
 
 def test_prompt_reports_version_and_content_hash(tmp_path: Path) -> None:
-    prompt = PromptTemplate.load(ROOT / "configs" / "prompts" / "rag-grounded.yaml")
+    prompt = PromptTemplate.load(ROOT / "configs" / "prompts" / "rag-grounded" / "1.yaml")
     assert prompt.ref.startswith("rag-grounded@1+") and len(prompt.content_hash) == 12
     edited = PromptTemplate(prompt.name, prompt.version, prompt.template + " ")
     assert edited.ref != prompt.ref, "an edit without a version bump still shows"

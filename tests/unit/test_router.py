@@ -325,7 +325,7 @@ async def test_embeddings_float_and_base64() -> None:
         ).json()
     assert [d["index"] for d in floats["data"]] == [0, 1]
     assert floats["data"][1]["embedding"] == [3.0, 4.0, 5.0]
-    assert floats["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+    assert floats["usage"] == {"prompt_tokens": 4, "total_tokens": 4, "cost_usd": 0.0}
     decoded = np.frombuffer(base64.b64decode(packed["data"][1]["embedding"]), dtype="<f4")
     assert decoded.tolist() == [3.0, 4.0, 5.0]
 

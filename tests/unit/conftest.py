@@ -1,0 +1,16 @@
+"""Unit tests never touch the developer's ~/.llm-serve: each test gets a home (ledger, caches) of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llm_serve.config import HOME_ENV
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "llm-serve-home"
+    monkeypatch.setenv(HOME_ENV, str(home))
+    return home
