@@ -344,6 +344,33 @@ def cmd_prompts_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from llm_serve.router.auth import new_key
+
+    key, digest = new_key()
+    print(f"key (shown once; give it to the caller): {key}")
+    print("config entry (auth.keys):")
+    print(f"  - name: {args.name}\n    key_sha256: {digest}")
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    from llm_serve.router.ledger import Ledger, default_url, period_start
+
+    config = load_config(args.config)
+    ledger = Ledger(config.ledger.url or default_url(config.home_path))
+    rows = ledger.usage(period_start(args.period), key_name=args.key)
+    print(f"{'key':<20} {'model':<32} {'requests':>8} {'errors':>6} {'hits':>6} {'in':>9} {'out':>9} {'cost_usd':>12}")
+    for r in rows:
+        print(
+            f"{r['key_name']:<20} {r['model']:<32} {r['requests']:>8} {r['errors']:>6} {r['cache_hits']:>6} "
+            f"{r['prompt_tokens']:>9} {r['completion_tokens']:>9} {r['cost_usd']:>12.6f}"
+        )
+    if not rows:
+        print(f"(no requests this {args.period})")
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------
 
 
@@ -396,7 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
     for leaf in (prompt_list, show, diff, lock):
         leaf.add_argument("--dir", help="prompts directory (default: ./configs/prompts, else the bundled one)")
 
-    for leaf in (up, down, status, listing, pull, ingest):
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys_cmd", required=True)
+    create = keys.add_parser("create", help="a new random key and the hashed config entry for it")
+    create.add_argument("name", help="the key's tenant name")
+    create.set_defaults(func=cmd_keys_create)
+    usage = sub.add_parser("usage", help="requests, tokens and spend per key and model, from the ledger")
+    usage.add_argument("--period", choices=["day", "month", "total"], default="month")
+    usage.add_argument("--key", help="one key name only")
+    usage.set_defaults(func=cmd_usage)
+
+    for leaf in (up, down, status, listing, pull, ingest, usage):
         # `llm-serve up --config X` as well as `llm-serve --config X up`.
         leaf.add_argument("--config", "-c", default=argparse.SUPPRESS, help="YAML config file")
     return parser

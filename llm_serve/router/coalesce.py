@@ -16,20 +16,22 @@ from typing import Any
 
 
 class Flight:
-    def __init__(self, start: Callable[[], AsyncIterator[Any]]) -> None:
+    def __init__(self, start: Callable[[], AsyncIterator[Any]], timeout_s: float) -> None:
         self.items: list[Any] = []
         self.done = False
         self.error: BaseException | None = None
         self.followers = 0
         self._changed = asyncio.Condition()
-        self._task = asyncio.get_running_loop().create_task(self._drive(start))
+        self._task = asyncio.get_running_loop().create_task(self._drive(start, timeout_s))
 
-    async def _drive(self, start: Callable[[], AsyncIterator[Any]]) -> None:
+    async def _drive(self, start: Callable[[], AsyncIterator[Any]], timeout_s: float) -> None:
+        # Bounded like any request, so a hung engine call is not shared by every later caller.
         try:
-            async for item in start():
-                async with self._changed:
-                    self.items.append(item)
-                    self._changed.notify_all()
+            async with asyncio.timeout(timeout_s):
+                async for item in start():
+                    async with self._changed:
+                        self.items.append(item)
+                        self._changed.notify_all()
         except BaseException as exc:  # handed to every subscriber, not lost in the task
             self.error = exc
         finally:
@@ -54,7 +56,8 @@ class Flight:
 
 
 class Coalescer:
-    def __init__(self) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
         self._flights: dict[str, Flight] = {}
         self.calls = 0  # engine calls started (one per flight)
         self.joined = 0  # callers served by someone else's flight
@@ -66,7 +69,7 @@ class Coalescer:
             flight.followers += 1
             self.joined += 1
             return flight.subscribe(), True
-        flight = Flight(start)
+        flight = Flight(start, self.timeout_s)
         self.calls += 1
         self._flights[key] = flight
         flight._task.add_done_callback(lambda _t, k=key, f=flight: self._release(k, f))

@@ -35,7 +35,7 @@ from llm_serve.router.coalesce import Coalescer
 from llm_serve.router.embeddings import embedding_response, parse_embedding_request
 from llm_serve.router.errors import OpenAIError, from_engine_error, install_error_handlers, invalid_body
 from llm_serve.router.replay import assemble, refusal_payload, replay
-from llm_serve.router.routing import route_candidates
+from llm_serve.router.routing import estimate_tokens, route_candidates
 from llm_serve.router.semantic_cache import SemanticCache
 from llm_serve.router.sse import DONE_EVENT, StreamRelay, sse
 from llm_serve.router.state import RouterState, StateClient
@@ -72,6 +72,7 @@ class RequestRecord:
     error: str | None = None
     finished: bool = False
     accounted: bool = False
+    estimated_prompt_tokens: int = 0
 
     def finish(self, status: int | None = None, error: str | None = None) -> None:
         if status is not None:
@@ -155,7 +156,7 @@ class Router:
         self.stream_engines = {mid: h.options(stream=True) for mid, h in engines.items()}
         self.keys = KeyRing(self.config.auth)
         self.state = StateClient(state if state is not None else RouterState(self.config))
-        self.coalescer = Coalescer()
+        self.coalescer = Coalescer(self.config.server.request_timeout_s)
         semantic = self.config.cache.semantic
         self.semantic = (
             SemanticCache(
@@ -379,7 +380,9 @@ class Router:
         refusal = await self.state.call("admit", caller.name, key.rpm, key.tpm, key.budget_usd, key.budget_period)
         if refusal is not None:
             headers = {"retry-after": str(refusal["retry_after"])} if refusal.get("retry_after") else None
-            raise OpenAIError(429, refusal["message"], code=refusal["code"], headers=headers)
+            # OpenAI types an exhausted quota apart from a rate limit; clients back off differently.
+            error_type = "insufficient_quota" if refusal["code"] == "insufficient_quota" else None
+            raise OpenAIError(429, refusal["message"], code=refusal["code"], type=error_type, headers=headers)
 
     async def _account(self, record: RequestRecord, exc: OpenAIError | None = None) -> None:
         """Write the ledger row (once), before the client's response completes."""
@@ -441,6 +444,14 @@ class Router:
                 record.finish(exc.status, exc.message)
                 record.log()
             raise
+        except asyncio.CancelledError:
+            record.finish(499, "client disconnected")
+            await asyncio.shield(self._account(record))
+            raise
+        except Exception as exc:  # answered as a 500 by the error handler; still one ledger row
+            record.finish(500, f"{type(exc).__name__}: {exc}")
+            await self._account(record)
+            raise
         if record.finished:  # streams from an engine are accounted by _stream, before their [DONE]
             await self._account(record)
         return response
@@ -492,6 +503,7 @@ class Router:
         body = self._validate(request_cls, data)
         if route == "chat":
             body = _sanitize_messages(body)
+        record.estimated_prompt_tokens = estimate_tokens(data)
         await self._admit(caller, record)
 
         extra: dict[str, Any] | None = None
@@ -510,9 +522,10 @@ class Router:
                 )
 
         bypass = cache_opt is False or "no-cache" in (request.headers.get("cache-control") or "").lower()
-        cacheable = is_deterministic(body) or not self.config.cache.exact.deterministic_only
+        deterministic = is_deterministic(body)
+        cacheable = deterministic or not self.config.cache.exact.deterministic_only
         ctx = CacheContext(caller.name, route, record.model, record.adapter, record.prompt)
-        lookup = CacheLookup(ctx=ctx, bypass=bypass, cacheable=cacheable)
+        lookup = CacheLookup(ctx=ctx, bypass=bypass, cacheable=cacheable, deterministic=deterministic)
         if bypass:
             record.cache = "bypass"
         elif cacheable:
@@ -579,7 +592,11 @@ class Router:
     async def _cache_lookup(self, body: Any, lookup: CacheLookup, record: RequestRecord) -> dict[str, Any] | None:
         if self.config.cache.exact.enabled:
             lookup.exact_key = exact_key(body, lookup.ctx)
-            hit = await self.state.call("cache_get", lookup.exact_key)
+            try:
+                hit = await self.state.call("cache_get", lookup.exact_key)
+            except Exception as exc:  # the cache is an optimisation: trouble there is a miss
+                logger.warning("exact cache lookup failed (%s: %s); treated as a miss", type(exc).__name__, exc)
+                hit = None
             if hit is not None:
                 record.cache = "hit"
                 return hit
@@ -621,16 +638,19 @@ class Router:
         if not all(c.get("finish_reason") in ("stop", "length", "tool_calls") for c in payload.get("choices", [])):
             return
         payload = {k: v for k, v in payload.items() if k not in ("sources", "rag")}
-        if lookup.exact_key is not None:
-            await self.state.call("cache_put", lookup.exact_key, payload)
-        if self.semantic is not None and lookup.scope is not None and lookup.question is not None:
-            await self.semantic.store(lookup.scope, lookup.question, lookup.vector, payload)
+        try:
+            if lookup.exact_key is not None:
+                await self.state.call("cache_put", lookup.exact_key, payload)
+            if self.semantic is not None and lookup.scope is not None and lookup.question is not None:
+                await self.semantic.store(lookup.scope, lookup.question, lookup.vector, payload)
+        except Exception as exc:  # an answer already made is still delivered
+            logger.warning("cache fill failed (%s: %s)", type(exc).__name__, exc)
 
     # ---- engines --------------------------------------------------------------------------------
 
     def _engine_results(self, model_id: str, route: str, body: Any, lookup: CacheLookup, record: RequestRecord) -> Any:
         method = getattr(self.stream_engines[model_id], route)
-        if not (self.config.cache.coalesce and lookup.cacheable and not lookup.bypass):
+        if not (self.config.cache.coalesce and lookup.deterministic and not lookup.bypass):
             return method.remote(body, None)
         key = (lookup.exact_key or exact_key(body, lookup.ctx)) + (":stream" if body.stream else ":json")
         results, joined = self.coalescer.join(key, lambda: method.remote(body, None))
@@ -651,13 +671,9 @@ class Router:
         for attempt, model_id in enumerate(candidates):
             last = attempt == len(candidates) - 1
             if model_id != record.model:
-                logger.warning("request %s: falling back from %s to %s", record.request_id, record.model, model_id)
-                record.model = model_id
-                body.model = model_id
-                lookup.ctx = CacheContext(**{**lookup.ctx.__dict__, "model": model_id})
-                lookup.exact_key = None
+                self._fall_back(body, model_id, record, lookup)
+            results = self._engine_results(model_id, record.route, body, lookup, record)
             try:
-                results = self._engine_results(model_id, record.route, body, lookup, record)
                 first = await asyncio.wait_for(results.__anext__(), timeout)
             except OpenAIError:
                 raise
@@ -666,13 +682,17 @@ class Router:
                     raise OpenAIError(502, "the engine returned no response", code="engine_error") from None
                 continue
             except TimeoutError:
+                # The request's time is spent: no time is left to give a fallback.
+                abandon(results)
                 raise call_failed(record, TimeoutError(), f"the engine for '{model_id}'") from None
             except Exception as exc:
+                abandon(results)
                 if last:
                     raise call_failed(record, exc, f"the engine for '{model_id}'") from None
                 continue
             head = first[0] if isinstance(first, list) and first else first
             if is_error_response(head):
+                abandon(results)
                 err = from_engine_error(head)
                 if err.status >= 500 and not last:
                     continue
@@ -707,6 +727,18 @@ class Router:
             headers={**self._headers(record), "cache-control": "no-cache"},
         )
 
+    def _fall_back(self, body: Any, model_id: str, record: RequestRecord, lookup: CacheLookup) -> None:
+        """Point the request at the next pool; its cache coordinates follow, so no answer lands in the
+        first pool's entries."""
+        logger.warning("request %s: falling back from %s to %s", record.request_id, record.model, model_id)
+        record.model = model_id
+        if record.cache == "coalesced":  # this attempt is its own engine call
+            record.cache = "miss"
+        body.model = model_id
+        lookup.ctx = CacheContext(**{**lookup.ctx.__dict__, "model": model_id})
+        lookup.exact_key = exact_key(body, lookup.ctx) if self.config.cache.exact.enabled else None
+        lookup.scope = lookup.question = lookup.vector = None
+
     def _stream_cost(self, record: RequestRecord, usage: dict[str, Any]) -> float:
         record.take_usage(usage)
         record.cost_usd = self._price(record, hit=record.cache == "coalesced")
@@ -739,31 +771,53 @@ class Router:
     async def _stream(
         self, relay: StreamRelay, record: RequestRecord, lookup: CacheLookup | None
     ) -> AsyncIterator[str]:
-        """Relay the engine's events; the ledger row is written before the final [DONE] goes out."""
+        """Relay the engine's events; the ledger row is written before the final [DONE] goes out.
+
+        A stream that ends early (client gone, engine failure, timeout) is still recorded and priced:
+        without the engine's usage chunk, output tokens are the events relayed and the prompt is
+        estimated from its length.
+        """
+        completed = False
         try:
             async for text in relay:
                 if text == DONE_EVENT:
                     break
                 yield text
-        except asyncio.CancelledError:
-            record.finish(499, "client disconnected")
-            await asyncio.shield(self._account(record))
-            raise
+            completed = True
         except Exception as exc:
             logger.exception("stream %s failed", record.request_id)
             record.finish(500, type(exc).__name__)
-            await self._account(record)
             err = OpenAIError(500, f"the stream failed ({type(exc).__name__})", code="engine_error")
+            self._settle_stream(relay, record)
+            await self._account(record)
             yield sse(err.body()) + DONE_EVENT
             return
-        if relay.usage:
-            record.take_usage(relay.usage)
-            record.cost_usd = self._price(record, hit=record.cache == "coalesced")
-        record.finish(500 if relay.error else 200, relay.error)
+        finally:
+            if not completed and not record.accounted:
+                # The client went away (cancelled, or the generator closed mid-yield).
+                abandon(relay.upstream)
+                if not record.finished:
+                    record.finish(499, "client disconnected")
+                self._settle_stream(relay, record)
+                await asyncio.shield(self._account(record))
+        if relay.timed_out:
+            abandon(relay.upstream)
+        status = (504 if relay.timed_out else 500) if relay.error else 200
+        record.finish(status, relay.error)
+        self._settle_stream(relay, record)
         await self._account(record)
         if lookup is not None and relay.events is not None and not relay.error:
             await self._fill(lookup, assemble(relay.events, record.route))
         yield DONE_EVENT
+
+    def _settle_stream(self, relay: StreamRelay, record: RequestRecord) -> None:
+        if relay.usage:
+            record.take_usage(relay.usage)
+        else:
+            record.prompt_tokens = record.prompt_tokens or record.estimated_prompt_tokens
+            record.completion_tokens = relay.content_events
+            record.error = f"{record.error}; tokens estimated" if record.error else "tokens estimated"
+        record.cost_usd = self._price(record, hit=record.cache == "coalesced")
 
 
 @dataclass
@@ -773,11 +827,23 @@ class CacheLookup:
     ctx: CacheContext
     bypass: bool
     cacheable: bool
+    deterministic: bool = False
     exact_key: str | None = None
     scope: str | None = None
     question: str | None = None
     vector: list[float] | None = None
     similarity: float | None = None
+
+
+def abandon(results: Any) -> None:
+    """Stop an engine call nobody will read (frees the engine's slot instead of generating for no one)."""
+    cancel = getattr(results, "cancel", None)
+    if callable(cancel):
+        cancel()
+        return
+    close = getattr(results, "aclose", None)
+    if callable(close):
+        asyncio.get_running_loop().create_task(close())
 
 
 def _request_id(request: Request) -> str:

@@ -51,6 +51,8 @@ class StreamRelay:
         self._deadline = time.monotonic() + deadline_s
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None
+        self.timed_out = False
+        self.content_events = 0  # events relayed: the output-token estimate when no usage arrives
         # Fields (e.g. RAG `sources`) sent in one last chunk before [DONE], shaped like the usage chunk.
         self._final_extra = final_extra
         self._chunk_head: dict[str, Any] = {}
@@ -66,15 +68,22 @@ class StreamRelay:
         text = self._render(self._first)
         if text:
             yield text
-        try:
-            async with asyncio.timeout_at(asyncio.get_running_loop().time() + self._remaining()):
-                async for item in self._rest:
-                    text = self._render(item)
-                    if text:
-                        yield text
-        except TimeoutError:
-            self.error = "timeout"
-            yield sse(OpenAIError(504, "stream exceeded the request timeout", code="timeout").body())
+        rest = self._rest.__aiter__()
+        while True:
+            # The deadline wraps each wait for the engine, never a yield: time spent sending to a
+            # slow client must not be cancelled from inside the generator.
+            try:
+                item = await asyncio.wait_for(rest.__anext__(), self._remaining())
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                self.error = "timeout"
+                self.timed_out = True
+                yield sse(OpenAIError(504, "stream exceeded the request timeout", code="timeout").body())
+                break
+            text = self._render(item)
+            if text:
+                yield text
         if self._final_extra:
             yield self._extra_event()
         yield DONE_EVENT
@@ -106,7 +115,12 @@ class StreamRelay:
                 continue
             if event:
                 out.append(event)
+                self.content_events += 1
         return "".join(out)
+
+    @property
+    def upstream(self) -> AsyncIterator[Any]:
+        return self._rest
 
     def _inspect(self, event: str) -> str:
         """Read usage or error from one event; return what should still be sent."""

@@ -105,7 +105,11 @@ class RouterState:
         entry = LedgerRow(**row)
         tokens = entry.prompt_tokens + entry.completion_tokens
         if tokens:
-            self._tokens.setdefault(entry.key_name, deque()).append((time.time(), tokens))
+            now = time.time()
+            window = self._tokens.setdefault(entry.key_name, deque())
+            window.append((now, tokens))
+            while window and window[0][0] <= now - WINDOW_S:  # bounded whether or not the key has a tpm
+                window.popleft()
         for (key_name, period), (start, spent) in list(self._spend.items()):
             if key_name == entry.key_name and entry.ts >= start:
                 self._spend[(key_name, period)] = (start, spent + entry.cost_usd)

@@ -46,3 +46,27 @@ def test_pull_of_unknown_model_fails_cleanly(
     monkeypatch.setenv("LLM_SERVE_HOME", str(tmp_path))
     assert main(["models", "pull", "gpt-17"]) == 1
     assert "unknown registry model" in capsys.readouterr().err
+
+
+def test_keys_create_prints_a_key_and_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    from llm_serve.cli import main
+
+    assert main(["keys", "create", "acme"]) == 0
+    out = capsys.readouterr().out
+    key = out.split("caller): ")[1].split()[0]
+    assert f"key_sha256: {hashlib.sha256(key.encode()).hexdigest()}" in out and "name: acme" in out
+
+
+def test_usage_reads_the_ledger(capsys: pytest.CaptureFixture[str]) -> None:
+    from llm_serve.cli import main
+    from llm_serve.config import Config
+    from llm_serve.router.ledger import Ledger, LedgerRow, default_url
+
+    ledger = Ledger(default_url(Config().home_path))
+    for cost in (0.25, 0.5):
+        ledger.record(LedgerRow("r", "acme", "chat", "m", False, 200, 1.0, prompt_tokens=3, cost_usd=cost))
+    assert main(["usage", "--period", "day"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("acme"))
+    assert line.split()[2] == "2" and line.split()[-1] == "0.750000"
