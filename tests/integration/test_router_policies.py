@@ -67,9 +67,7 @@ def test_exact_cache_hit_is_identical_faster_and_cheaper(stack, http) -> None:
 
 def test_semantic_cache_serves_rephrasings_not_near_misses(stack, client) -> None:
     question = f"How do I clean the filter of purifier {NONCE}?"
-    first = client.chat.completions.with_raw_response.create(
-        **chat(stack, question, max_tokens=32)
-    )
+    first = client.chat.completions.with_raw_response.create(**chat(stack, question, max_tokens=32))
     assert first.headers["x-llm-serve-cache"] == "miss"
     answer = first.parse().choices[0].message.content
 
