@@ -409,3 +409,34 @@ async def test_prompt_renders_and_reports_version_and_bad_variables_are_named() 
     schema = engines[A].calls[1][1].response_format
     assert schema.type == "json_schema" and schema.json_schema.json_schema["required"] == ["category", "urgent"]
     assert state.ledger.rows()[-1]["prompt"].startswith("support-answer@2+")
+
+
+async def test_stream_cut_short_is_still_recorded_and_priced() -> None:
+    class Dying(Engine):
+        async def _results(self, body: Any) -> AsyncIterator[Any]:
+            for item in stream_items("partial", self.model)[:2]:
+                yield item
+            raise RuntimeError("replica died mid-stream")
+
+    client, _, state = build(engines={A: Dying(A), B: Engine(B)})
+    async with client, client.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as resp:
+        lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
+    assert '"engine_error"' in lines[-2] and lines[-1] == "data: [DONE]"
+    row = state.ledger.rows()[0]
+    assert row["status"] == 500 and "tokens estimated" in row["error"]
+    assert row["completion_tokens"] == 2 and row["prompt_tokens"] > 0 and row["cost_usd"] > 0
+
+
+async def test_relay_deadline_ends_the_stream_cleanly_for_a_slow_reader() -> None:
+    from llm_serve.router.sse import StreamRelay
+
+    async def engine() -> AsyncIterator[Any]:
+        for item in stream_items()[1:]:
+            yield item
+
+    relay = StreamRelay(stream_items()[0], engine(), keep_usage_chunk=False, deadline_s=0.05)
+    out = []
+    async for text in relay:  # no CancelledError reaches the reader, whatever it was doing
+        out.append(text)
+        await asyncio.sleep(0.1)  # past the deadline while the reader, not the engine, is busy
+    assert relay.timed_out and '"timeout"' in out[-2] and out[-1] == "data: [DONE]\n\n"
