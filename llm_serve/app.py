@@ -40,7 +40,9 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
     engines: dict[str, Application] = {}
     for model in config.models:
         source = resolve_model_source(model.source, config.home_path, pull=pull_models)
-        engines[model.id] = build_engine_deployment(model, source)
+        engines[model.id] = build_engine_deployment(
+            model, source, config.adapter_registry(model), str(config.home_path / "cache" / "adapters")
+        )
     embedders: dict[str, Application] = {}
     for embedder in config.embedding_models:
         embedders[embedder.id] = (

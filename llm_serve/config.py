@@ -169,6 +169,21 @@ class EngineConfig(Strict):
         return self
 
 
+class LoraServingConfig(Strict):
+    """LoRA adapters served on a model's pool, loaded from the adapter registry at first request."""
+
+    enabled: bool = Field(False, description="Serve `<model id>:<adapter>` (and adapter names) from the registry.")
+    registry: str | None = Field(
+        None, description="Adapter registry: a directory or a pyarrow filesystem URI; default <home>/adapters."
+    )
+    max_adapters_per_replica: int = Field(
+        4, ge=1, description="Adapters a replica keeps loaded; the least recently used is dropped past this."
+    )
+    max_loras: int = Field(2, ge=1, description="Different adapters in one engine batch (vLLM max_loras).")
+    max_lora_rank: int = Field(16, ge=1, description="Largest adapter rank accepted (vLLM max_lora_rank).")
+    refresh_s: float = Field(5.0, ge=0, description="How long the router trusts its view of the registry.")
+
+
 class AutoscalingConfig(Strict):
     """Replica autoscaling for one engine pool (Ray Serve's autoscaling policy)."""
 
@@ -203,6 +218,7 @@ class ModelConfig(Strict):
         64, ge=1, description="Requests one engine replica accepts at once before Serve queues."
     )
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per engine replica (CPU accelerator only).")
+    lora: LoraServingConfig = Field(default_factory=LoraServingConfig)
     price: Price = Field(default_factory=Price, description="Per-token price of this model.")
     adapter_prices: dict[str, Price] = Field(
         default_factory=dict, description="Prices of LoRA adapters on this model by adapter name (default: price)."
@@ -520,6 +536,9 @@ class Config(Strict):
 
     def embedder(self, model_id: str) -> EmbedderConfig | None:
         return next((m for m in self.embedding_models if m.id == model_id), None)
+
+    def adapter_registry(self, model: ModelConfig) -> str:
+        return model.lora.registry or str(self.home_path / "adapters")
 
     def price(self, model_id: str, adapter: str | None = None) -> Price:
         """The price of a served model (or one of its adapters), or of an embedding model."""

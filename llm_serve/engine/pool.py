@@ -54,6 +54,8 @@ def engine_kwargs(model: ModelConfig) -> dict[str, Any]:
     }
     if engine.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = engine.max_num_batched_tokens
+    if model.lora.enabled:
+        kwargs.update(enable_lora=True, max_loras=model.lora.max_loras, max_lora_rank=model.lora.max_lora_rank)
     kwargs.update(engine.extra_engine_args)
     return kwargs
 
@@ -95,9 +97,13 @@ def deployment_options(model: ModelConfig) -> dict[str, Any]:
     return options
 
 
-def build_llm_config(model: ModelConfig, model_source: str) -> Any:
+def build_llm_config(
+    model: ModelConfig, model_source: str, adapter_registry: str | None = None, adapter_cache: str | None = None
+) -> Any:
     """Translate one ModelConfig into Ray Serve LLM's LLMConfig (`model_source` already resolved)."""
     from ray.serve.llm import LLMConfig
+
+    from llm_serve.engine.lora_server import CACHE_KEY, REGISTRY_KEY
 
     engine = model.engine
     kwargs: dict[str, Any] = {
@@ -111,16 +117,25 @@ def build_llm_config(model: ModelConfig, model_source: str) -> Any:
     }
     if engine.accelerator_type:
         kwargs["accelerator_type"] = engine.accelerator_type
+    if model.lora.enabled:
+        # No dynamic_lora_loading_path: RegistryLoraServer loads from our registry instead of a bucket.
+        kwargs["lora_config"] = {"max_num_adapters_per_replica": model.lora.max_adapters_per_replica}
+        kwargs["experimental_configs"].update({REGISTRY_KEY: adapter_registry, CACHE_KEY: adapter_cache})
     return LLMConfig(**kwargs)
 
 
-def build_engine_deployment(model: ModelConfig, model_source: str) -> Any:
+def build_engine_deployment(
+    model: ModelConfig, model_source: str, adapter_registry: str | None = None, adapter_cache: str | None = None
+) -> Any:
     """The bound Serve application of one engine pool, named after the model id."""
     from ray.serve.llm import build_llm_deployment
 
-    llm_config = build_llm_config(model, model_source)
+    from llm_serve.engine.lora_server import RegistryLoraServer
+
+    llm_config = build_llm_config(model, model_source, adapter_registry, adapter_cache)
     return build_llm_deployment(
         llm_config,
+        deployment_cls=RegistryLoraServer,
         name_prefix="",
         override_serve_options={"name": engine_deployment_name(model.id)},
     )

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from llm_serve.adapters import AdapterInfo, AdapterRegistry
 from llm_serve.config import Config, EmbedderConfig, ModelConfig, RagAlias
 from llm_serve.engine.pool import deployment_safe
 from llm_serve.prompts import PromptError, PromptNotFound, PromptRegistry, PromptVariablesError
@@ -165,6 +166,7 @@ class Router:
             if semantic.enabled and semantic.embedding_model in self.embedders
             else None
         )
+        self.adapters = AdapterCatalog(self.config)
         self.created = int(time.time())
         self.api = _protocol()
 
@@ -270,6 +272,19 @@ class Router:
             "type": "alias",
         }
 
+    def _adapter_card(self, info: AdapterInfo) -> dict[str, Any]:
+        return {
+            "id": info.model_id,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llm-serve",
+            "root": info.base_model_id,
+            "parent": info.base_model_id,
+            "type": "adapter",
+            "adapter": info.name,
+            "adapter_created_at": info.metadata.get("created_at"),
+        }
+
     async def list_models(self, request: Request) -> dict[str, Any]:
         caller = self._caller(request)
         models = [
@@ -279,6 +294,7 @@ class Router:
         ]
         cards = [self._model_card(m) for m in models]
         cards += [self._alias_card(a, t) for a, t in self.config.routing.aliases.items()]
+        cards += [self._adapter_card(info) for info in await self.adapters.all()]
         return {"object": "list", "data": [c for c in cards if caller.may_use(c["id"]) or caller.may_use(c["root"])]}
 
     async def get_model(self, model_id: str, request: Request) -> dict[str, Any]:
@@ -292,6 +308,9 @@ class Router:
             return self._model_card(model)
         if model_id in self.config.routing.aliases:
             return self._alias_card(model_id, self.config.routing.aliases[model_id])
+        adapter = await self.adapters.find(model_id)
+        if adapter is not None:
+            return self._adapter_card(adapter)
         raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
 
     # ---- embeddings -----------------------------------------------------------------------------
@@ -398,7 +417,8 @@ class Router:
             logger.exception("could not record request %s", record.request_id)
 
     def _headers(self, record: RequestRecord, **extra: str) -> dict[str, str]:
-        headers = {REQUEST_ID_HEADER: record.request_id, MODEL_HEADER: record.model}
+        served = f"{record.model}:{record.adapter}" if record.adapter else record.model
+        headers = {REQUEST_ID_HEADER: record.request_id, MODEL_HEADER: served}
         if record.prompt:
             headers[PROMPT_HEADER] = record.prompt
         if record.route != "embeddings":
@@ -478,16 +498,19 @@ class Router:
         if cache_opt is not None and not isinstance(cache_opt, bool):
             raise OpenAIError(422, "cache must be true or false", code="invalid_type", param="cache")
         alias = self.config.rag_alias(requested)
-        if alias is not None:
-            if not caller.may_use(requested):
+        adapter = None if alias is not None or self.config.model(requested) else await self.adapters.find(requested)
+        if alias is not None or adapter is not None:
+            base = alias.model if alias is not None else adapter.base_model_id
+            if not (caller.may_use(requested) or (adapter is not None and caller.may_use(adapter.model_id))):
                 raise OpenAIError(
                     403, f"The API key '{caller.name}' may not use the model '{requested}'", code="model_not_allowed"
                 )
-            candidates = [alias.model]
+            candidates = [base]
         else:
             candidates = route_candidates(self.config, requested, caller, data)
         record.model = candidates[0]
-        data["model"] = candidates[0]
+        record.adapter = adapter.name if adapter is not None else None
+        data["model"] = adapter.model_id if adapter is not None else candidates[0]
         if route != "chat" and (rag_raw is not None or alias is not None):
             raise OpenAIError(
                 400, "retrieval (rag) is supported on /v1/chat/completions only", code="invalid_value", param="rag"
@@ -649,7 +672,11 @@ class Router:
     # ---- engines --------------------------------------------------------------------------------
 
     def _engine_results(self, model_id: str, route: str, body: Any, lookup: CacheLookup, record: RequestRecord) -> Any:
-        method = getattr(self.stream_engines[model_id], route)
+        handle = self.stream_engines[model_id]
+        if record.adapter is not None:
+            # Serve's model multiplexing sends the request to a replica holding the adapter, if any.
+            handle = self.engines[model_id].options(stream=True, multiplexed_model_id=f"{model_id}:{record.adapter}")
+        method = getattr(handle, route)
         if not (self.config.cache.coalesce and lookup.deterministic and not lookup.bypass):
             return method.remote(body, None)
         key = (lookup.exact_key or exact_key(body, lookup.ctx)) + (":stream" if body.stream else ":json")
@@ -818,6 +845,64 @@ class Router:
             record.completion_tokens = relay.content_events
             record.error = f"{record.error}; tokens estimated" if record.error else "tokens estimated"
         record.cost_usd = self._price(record, hit=record.cache == "coalesced")
+
+
+class AdapterCatalog:
+    """The router's view of the adapter registries of LoRA-enabled pools, refreshed every `refresh_s`.
+
+    Read here, in the router, so an unknown adapter is a 404 before any engine is bothered, and a
+    newly published adapter is servable within `refresh_s` without a restart.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pools = {m.id: m for m in config.models if m.lora.enabled}
+        self._registries = {
+            root: AdapterRegistry(root) for root in {config.adapter_registry(m) for m in self.pools.values()}
+        }
+        self._listing: dict[str, AdapterInfo] = {}
+        self._listed_at = -1e18
+        self._lock = asyncio.Lock()
+
+    async def _refresh(self) -> None:
+        refresh = min((m.lora.refresh_s for m in self.pools.values()), default=0.0)
+        if time.monotonic() - self._listed_at < refresh:
+            return
+        async with self._lock:
+            if time.monotonic() - self._listed_at < refresh:
+                return
+            listing: dict[str, AdapterInfo] = {}
+            for root, registry in self._registries.items():
+                for info in await asyncio.to_thread(registry.list):
+                    pool = self.pools.get(info.base_model_id)
+                    if pool is not None and self.config.adapter_registry(pool) == root:
+                        listing[info.model_id] = info
+            self._listing, self._listed_at = listing, time.monotonic()
+
+    async def all(self) -> list[AdapterInfo]:
+        if not self.pools:
+            return []
+        await self._refresh()
+        return list(self._listing.values())
+
+    async def find(self, model_id: str) -> AdapterInfo | None:
+        """`<base>:<adapter>`, or an adapter's bare name when exactly one pool has it."""
+        if not self.pools:
+            return None
+        await self._refresh()
+        if model_id in self._listing:
+            return self._listing[model_id]
+        base, sep, name = model_id.rpartition(":")
+        if sep and base in self.pools:
+            self._listed_at = -1e18  # maybe just published: look again once before saying no
+            await self._refresh()
+            if model_id in self._listing:
+                return self._listing[model_id]
+            raise OpenAIError(
+                404, f"The adapter '{name}' of model '{base}' does not exist", code="model_not_found", param="model"
+            )
+        named = [info for info in self._listing.values() if info.name == model_id]
+        return named[0] if len(named) == 1 else None
 
 
 @dataclass

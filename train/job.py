@@ -1,0 +1,144 @@
+"""A training job end to end: resolve the base model, run the Ray Train workers, publish the adapter.
+
+`llm-serve train --config configs/train/<name>.yaml` calls `run()`, on whatever Ray the process
+reaches: $RAY_ADDRESS (set by `ray job submit`), the cluster of a running `llm-serve up`, or a
+private local Ray started for the job. The adapter lands in the registry that the engine pools read,
+so it is served without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llm_serve.adapters import AdapterInfo, AdapterRegistry
+from llm_serve.config import Config
+from train.config import TrainConfig, project_path
+from train.trainer import ADAPTER_DIR, HISTORY_FILE, MODEL_DIR, train_loop_per_worker
+
+
+@dataclass
+class JobResult:
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    checkpoint_path: str
+    adapter: AdapterInfo | None
+    model_path: str | None
+    elapsed_s: float
+
+
+def default_registry(config: Config) -> str:
+    return str(config.home_path / "adapters")
+
+
+def connect(config: Config, address: str | None = None) -> str:
+    """Join the Ray this job should run on; returns a description for the log."""
+    import ray
+
+    from llm_serve import local_cluster as lc
+
+    if ray.is_initialized():
+        return "the current Ray"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        state = lc.read_state(config)
+        if state is not None and state.gcs_address and lc.pid_alive(state.ray_pid):
+            address = state.gcs_address
+            os.environ.update(lc.RAY_ENV)
+    if address is not None:
+        ray.init(address=address, log_to_driver=True)
+        return f"Ray at {address}"
+    os.environ.update(lc.RAY_ENV)
+    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, _temp_dir=str(lc.ray_temp_dir(config)))
+    return "a private local Ray"
+
+
+def run(
+    cfg: TrainConfig,
+    config: Config,
+    *,
+    address: str | None = None,
+    job_id: str | None = None,
+    say: Callable[[str], None] = print,
+) -> JobResult:
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from llm_serve.models import resolve_model_source
+    from train.data import dataset_hash
+
+    started = time.monotonic()
+    model_dir = resolve_model_source(cfg.base_model, config.home_path, pull=True)
+    say(f"training {cfg.name}: {cfg.method.kind} on {cfg.base_model} ({model_dir}), {cfg.scaling.num_workers} workers")
+    say(f"running on {connect(config, address)}")
+    storage = cfg.checkpoint.storage_path or str(config.home_path / "train-runs")
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "model_dir": str(model_dir)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=dict(cfg.scaling.resources_per_worker),
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {cfg.name} finished without a checkpoint")
+    with result.checkpoint.as_directory() as ckpt:
+        ckpt_dir = Path(ckpt)
+        history = [json.loads(x) for x in (ckpt_dir / HISTORY_FILE).read_text().splitlines() if x]
+        adapter = model_path = None
+        metadata = {
+            "base_model": cfg.base_model,
+            "base_model_id": cfg.served_base,
+            "method": cfg.method.kind,
+            "dataset": str(project_path(cfg.data.path)),
+            "dataset_hash": dataset_hash(project_path(cfg.data.path)),
+            "config": cfg.model_dump(mode="json"),
+            "metrics": summary(history),
+            "job_id": job_id or os.environ.get("RAY_JOB_SUBMISSION_ID") or cfg.name,
+            "run": cfg.name,
+            "checkpoint": result.checkpoint.path,
+        }
+        if cfg.method.kind == "full":
+            model_path = str(Path(storage) / cfg.name / "final-model")
+            shutil.copytree(ckpt_dir / MODEL_DIR, model_path, dirs_exist_ok=True)
+            say(f"full model saved to {model_path}")
+        else:
+            registry = AdapterRegistry(cfg.output.registry or default_registry(config))
+            adapter = registry.publish(ckpt_dir / ADAPTER_DIR, cfg.output.adapter_name, metadata)
+            say(f"adapter published: {adapter.model_id} in {registry.root}")
+    return JobResult(
+        metrics=summary(history),
+        history=history,
+        checkpoint_path=result.checkpoint.path,
+        adapter=adapter,
+        model_path=model_path,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    if not history:
+        return {}
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    rates = [h["tokens_per_s"] for h in history[1:]] or [history[0]["tokens_per_s"]]
+    return {
+        "steps": history[-1]["step"],
+        "first_loss": history[0]["loss"],
+        "final_loss": history[-1]["loss"],
+        "eval_loss": evals[-1] if evals else None,
+        "tokens_per_s": sum(rates) / len(rates),
+    }
