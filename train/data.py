@@ -175,7 +175,7 @@ def load_examples(path: str | Path, fmt: Format = "auto") -> list[Example]:
             continue
         messages, problems = (_parse_chat if form == "chat" else _parse_prompt_completion)(obj)
         for problem in problems:
-            report(n, f"{problem}")
+            report(n, problem)
         if messages is not None:
             examples.append(Example(messages=messages, line=n, source=source))
 

@@ -55,7 +55,14 @@ def connect(config: Config, address: str | None = None) -> str:
         ray.init(address=address, log_to_driver=True)
         return f"Ray at {address}"
     os.environ.update(lc.RAY_ENV)
-    ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, _temp_dir=str(lc.ray_temp_dir(config)))
+    # Ray Train's controller watches its workers through the state API, which lives in the dashboard.
+    ray.init(
+        address="local",
+        num_cpus=config.ray.num_cpus,
+        include_dashboard=True,
+        dashboard_port=config.ray.dashboard_port,
+        _temp_dir=str(lc.ray_temp_dir(config)),
+    )
     return "a private local Ray"
 
 

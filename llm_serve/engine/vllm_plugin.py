@@ -176,6 +176,7 @@ def _rebind(replacements: dict[int, Callable[..., None]]) -> list[str]:
 
 
 def is_applied() -> bool:
+    """Whether this process runs the fixed ops (tests and diagnostics; vLLM itself never asks)."""
     return _applied
 
 
