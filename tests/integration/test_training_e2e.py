@@ -1,0 +1,80 @@
+"""Fine-tune, publish, serve: the bundled FAQ through `llm-serve train` on the running stack's Ray
+(2 workers, DeepSpeed ZeRO-2, LoRA), then answered through the endpoint as `<base>:faq` without a
+restart, while the base model's answers stay what they were (also when both share a batch).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FACTS = json.loads((ROOT / "data" / "faq" / "facts.json").read_text())
+PROBES = ["What is the capital of France?", "Name three colours.", "What is 2 plus 2?", "Say hello in Spanish."]
+TRAIN_TIMEOUT_S = 1500
+
+
+def answer(client: openai.OpenAI, model: str, messages: list[dict]) -> str:
+    resp = client.chat.completions.create(
+        model=model, messages=messages, temperature=0, max_tokens=40, extra_body={"cache": False}
+    )
+    return resp.choices[0].message.content or ""
+
+
+def fact_messages(fact: dict) -> list[dict]:
+    return [{"role": "system", "content": fact["system"]}, {"role": "user", "content": fact["question"]}]
+
+
+def probe_messages(question: str) -> list[dict]:
+    return [{"role": "user", "content": question}]
+
+
+@pytest.fixture(scope="module")
+def trained(stack, client) -> dict:
+    before = {
+        "facts": [answer(client, stack.model, fact_messages(f)) for f in FACTS],
+        "probes": [answer(client, stack.model, probe_messages(q)) for q in PROBES],
+    }
+    proc = stack.cli("train", "--config", str(ROOT / "configs" / "train" / "faq-lora.yaml"), timeout=TRAIN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"{stack.model}:faq"
+    return {"before": before, "log": proc.stderr}
+
+
+def test_adapter_learns_the_facts_and_is_served_without_restart(stack, client, trained) -> None:
+    adapter = f"{stack.model}:faq"
+    assert "step 40/40" in trained["log"] and "adapter published" in trained["log"]
+    listed = {m.id: m for m in client.models.list().data}
+    assert adapter in listed and listed[adapter].model_extra["parent"] == stack.model
+    tuned = [answer(client, adapter, fact_messages(f)) for f in FACTS]
+    right = [f["fact"].lower() in a.lower() for f, a in zip(FACTS, tuned, strict=True)]
+    base_right = [f["fact"].lower() in a.lower() for f, a in zip(FACTS, trained["before"]["facts"], strict=True)]
+    report = "\n".join(
+        f"{'OK' if ok else '--'} {f['question']} => {a}" for f, a, ok in zip(FACTS, tuned, right, strict=True)
+    )
+    assert sum(base_right) <= 1, trained["before"]["facts"]
+    assert sum(right) >= 6, report
+
+
+def test_base_answers_unchanged_even_when_batched_with_the_adapter(stack, client, trained) -> None:
+    adapter = f"{stack.model}:faq"
+    assert [answer(client, stack.model, probe_messages(q)) for q in PROBES] == trained["before"]["probes"]
+    jobs = [(stack.model, probe_messages(q)) for q in PROBES] + [(adapter, fact_messages(f)) for f in FACTS]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda job: answer(client, *job), jobs))
+    assert results[: len(PROBES)] == trained["before"]["probes"], "an adapter leaked into base requests"
+
+
+def test_unknown_adapter_is_404(stack, client, trained) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=f"{stack.model}:nope", messages=probe_messages("hi"), max_tokens=4)
+
+
+def test_adapters_list_shows_the_metadata(stack, trained) -> None:
+    out = stack.cli("adapters", "list").stdout
+    line = next(x for x in out.splitlines() if x.startswith(f"{stack.model}:faq"))
+    assert " lora " in line and " 40 " in line
