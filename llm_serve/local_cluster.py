@@ -192,7 +192,9 @@ def start_head(config: Config, log_file: Path) -> subprocess.Popen[bytes]:
     temp_dir = ray_temp_dir(config)
     temp_dir.mkdir(parents=True, exist_ok=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **RAY_ENV}
+    # Jobs submitted to this cluster run `llm-serve ...` and `python`: the interpreter's bin first.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, **RAY_ENV, "PATH": path}
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
             _ray_start_command(config, temp_dir),

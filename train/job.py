@@ -115,7 +115,7 @@ def run(
             "dataset_hash": dataset_hash(project_path(cfg.data.path)),
             "config": cfg.model_dump(mode="json"),
             "metrics": summary(history),
-            "job_id": job_id or os.environ.get("RAY_JOB_SUBMISSION_ID") or cfg.name,
+            "job_id": job_id or submission_id() or cfg.name,
             "run": cfg.name,
             "checkpoint": result.checkpoint.path,
         }
@@ -135,6 +135,17 @@ def run(
         model_path=model_path,
         elapsed_s=time.monotonic() - started,
     )
+
+
+def submission_id() -> str | None:
+    """The `ray job submit` id when this driver runs as a submitted job (Ray passes it in the job config)."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    try:
+        job_config = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
+    except ValueError:
+        return None
+    return (job_config.get("metadata") or {}).get("job_submission_id")
 
 
 def summary(history: list[dict[str, Any]]) -> dict[str, Any]:

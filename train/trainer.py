@@ -42,7 +42,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, total_steps: int) -> dic
     ds["scheduler"] = {
         "type": "WarmupDecayLR",
         "params": {
-            "warmup_min_lr": 0.0,
+            # DeepSpeed's warm-up starts at warmup_min_lr on step 0: with no warm-up, start at full rate.
+            "warmup_min_lr": 0.0 if optim.warmup_steps else optim.learning_rate,
             "warmup_max_lr": optim.learning_rate,
             "warmup_num_steps": max(1, optim.warmup_steps),
             "warmup_type": "linear",
@@ -120,6 +121,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as ckpt_dir:
             state = json.loads((Path(ckpt_dir) / STATE_FILE).read_text())
             engine.deepspeed.load_checkpoint(ckpt_dir, tag=DS_TAG)
+            _load_rng(Path(ckpt_dir), rank)
             history = [json.loads(line) for line in (Path(ckpt_dir) / HISTORY_FILE).read_text().splitlines() if line]
         step, start_micro = state["step"], state["micro_step"]
         if rank == 0:
@@ -285,11 +287,33 @@ def _checkpoint(
 
     with tempfile.TemporaryDirectory() as tmp:
         engine.deepspeed.save_checkpoint(tmp, tag=DS_TAG)
+        _save_rng(Path(tmp), rank)
         _save_weights(cfg, engine, Path(tmp), rank, tokenizer)
         if rank == 0:
             (Path(tmp) / STATE_FILE).write_text(json.dumps({"step": step, "micro_step": micro_step, "final": final}))
             (Path(tmp) / HISTORY_FILE).write_text("".join(json.dumps(h) + "\n" for h in history))
         ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{step:06d}")
+
+
+def _save_rng(directory: Path, rank: int) -> None:
+    """Dropout masks come from these generators: a resumed run must draw what the uninterrupted one would."""
+    import numpy as np
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save(state, directory / f"rng_rank{rank}.pt")
+
+
+def _load_rng(directory: Path, rank: int) -> None:
+    import numpy as np
+    import torch
+
+    file = directory / f"rng_rank{rank}.pt"
+    if file.is_file():
+        state = torch.load(file, weights_only=False)
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
 
 
 def _save_weights(cfg: TrainConfig, engine: _Engine, tmp: Path, rank: int, tokenizer: Any) -> None:

@@ -73,7 +73,7 @@ def recipe(cluster, tiny: Path, name: str, steps: int, adapter: str) -> Path:
         "base_model": str(tiny),
         "base_model_id": "tiny",
         "seed": 7,
-        "data": {"path": "data/faq/train.jsonl", "eval_path": "data/faq/eval.jsonl", "max_length": 128},
+        "data": {"path": "data/faq/train.jsonl", "eval_path": "data/faq/eval.jsonl", "max_length": 512},
         "method": {
             "kind": "lora",
             "lora": {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]},
