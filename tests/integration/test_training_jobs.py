@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +29,20 @@ from tests.tiny_model import build_tiny_llama
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 600
+
+
+def wait_for_dashboard(port: int, timeout_s: float = 180) -> None:
+    """Job submission goes through the dashboard, which comes up after the GCS (later still on a busy machine)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"the test cluster's dashboard did not answer on {port} within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +64,7 @@ def cluster() -> Iterator[dict]:
         }
     )
     head = lc.start_head(config, temp / "ray-head.log")
+    wait_for_dashboard(config.ray.dashboard_port)
     env = {
         **os.environ,
         **lc.RAY_ENV,
