@@ -377,6 +377,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     recipe = load_train_config(args.recipe)
+    if args.run_name:
+        recipe = recipe.model_copy(update={"name": args.run_name})
     result = run(recipe, config, address=args.address, say=_say)
     m = result.metrics
     _say(
@@ -471,6 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the llm-serve config (home, registry); also `llm-serve --config FILE train ...`",
     )
     train.add_argument("--address", help="Ray to run on (default: $RAY_ADDRESS, the running `up`, or a local one)")
+    train.add_argument(
+        "--run-name", help="override the recipe's run name (a new name starts fresh, an old one resumes)"
+    )
     train.set_defaults(func=cmd_train)
     adapters = sub.add_parser("adapters", help="the adapter registry").add_subparsers(
         dest="adapters_cmd", required=True

@@ -195,7 +195,8 @@ class _Engine:
         return float(loss.detach())
 
     def lr(self) -> float:
-        return float(self.deepspeed.get_lr()[0])
+        """The rate the last step used (read from the optimizer: the scheduler warns when asked early)."""
+        return float(self.deepspeed.optimizer.param_groups[0]["lr"])
 
     def forward(self, batch: dict[str, Any]) -> Any:
         return self.deepspeed(**batch)

@@ -6,6 +6,7 @@ restart, while the base model's answers stay what they were (also when both shar
 from __future__ import annotations
 
 import json
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,9 +40,12 @@ def trained(stack, client) -> dict:
         "facts": [answer(client, stack.model, fact_messages(f)) for f in FACTS],
         "probes": [answer(client, stack.model, probe_messages(q)) for q in PROBES],
     }
-    proc = stack.cli("train", "--config", str(ROOT / "configs" / "train" / "faq-lora.yaml"), timeout=TRAIN_TIMEOUT_S)
+    # A run name of its own: the test home outlives runs, and a finished run of the same name would resume.
+    recipe = str(ROOT / "configs" / "train" / "faq-lora.yaml")
+    run_name = f"faq-lora-{uuid.uuid4().hex[:8]}"
+    proc = stack.cli("train", "--config", recipe, "--run-name", run_name, timeout=TRAIN_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.strip().splitlines()[-1] == f"{stack.model}:faq"
+    assert f"{stack.model}:faq" in proc.stdout.splitlines(), "the CLI prints the served model id"
     return {"before": before, "log": proc.stderr}
 
 

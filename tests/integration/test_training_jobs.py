@@ -83,9 +83,9 @@ def tiny(cluster) -> Path:
     return build_tiny_llama(cluster["temp"] / "tiny-llama")
 
 
-def recipe(cluster, tiny: Path, name: str, steps: int, adapter: str) -> Path:
+def recipe(cluster, tiny: Path, name: str, steps: int, adapter: str, **overrides: object) -> Path:
     temp = cluster["temp"]
-    data = {
+    data: dict = {
         "name": name,
         "base_model": str(tiny),
         "base_model_id": "tiny",
@@ -100,6 +100,7 @@ def recipe(cluster, tiny: Path, name: str, steps: int, adapter: str) -> Path:
         "checkpoint": {"storage_path": str(temp / "runs"), "every_n_steps": 2},
         "output": {"adapter_name": adapter, "registry": str(temp / "adapters")},
     }
+    data.update(overrides)
     path = temp / f"{name}-{steps}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -143,3 +144,26 @@ def test_jobs_submit_resume_and_repeat(cluster, tiny) -> None:
     assert meta["job_id"].startswith("raysubmit_") and meta["metrics"]["steps"] == 4
     registry = cluster["temp"] / "adapters" / "resumed"
     assert (registry / "adapter_config.json").is_file() and (registry / "adapter_model.safetensors").is_file()
+
+
+def test_full_fine_tuning_under_zero3(cluster, tiny) -> None:
+    out = submit(
+        cluster,
+        recipe(
+            cluster,
+            tiny,
+            "full-zero3",
+            2,
+            "unused",
+            method={"kind": "full"},
+            deepspeed={"config": "configs/deepspeed/zero3.json"},
+            optim={"learning_rate": 0.0001, "max_steps": 2, "micro_batch_size": 2},
+        ),
+    )
+    assert "full model saved to" in out
+    model_dir = cluster["temp"] / "runs" / "full-zero3" / "final-model"
+    assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    weights = load_file(model_dir / "model.safetensors")
+    assert all(t.numel() > 0 for t in weights.values()), "ZeRO-3 shards were gathered before saving"
