@@ -88,7 +88,7 @@ def plain_loop(cfg: TrainConfig, model_dir: str) -> dict[str, Any]:
             optimizer.zero_grad()
             step_times.append(time.perf_counter() - started)
             step_tokens.append(count_tokens(batch_rows))
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             print(f"\r  plain loop step {step}/{total} loss {losses[-1]:.3f}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
@@ -196,12 +196,13 @@ def main(argv: list[str] | None = None) -> int:
 
     stack = Stack(env)
     model_dir = str(resolve_model_source(cfg.base_model, stack.config.home_path, pull=True))
-    _log("baseline: plain single-process PEFT loop")
-    base = plain_loop(cfg, model_dir)
-    _log(f"baseline: {base['tokens_per_s']:.0f} tokens/s")
     _log("starting llm-serve with LoRA serving")
     stack.up()
     try:
+        # The baseline runs with the (idle) stack up too: both sides share the cores with it.
+        _log("baseline: plain single-process PEFT loop")
+        base = plain_loop(cfg, model_dir)
+        _log(f"baseline: {base['tokens_per_s']:.0f} tokens/s")
         _log("ray job submit ... llm-serve train; then polling the endpoint for the adapter")
         served = submit_and_serve(stack, recipe, adapter)
         history = read_history(stack, adapter)
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": (
             f"{cfg.method.kind} r={cfg.method.lora.r} on {cfg.base_model}, fp32, {cfg.optim.epochs} epochs, "
             f"micro batch {cfg.optim.micro_batch_size} x {cfg.scaling.num_workers} workers = "
-            f"{cfg.optim.micro_batch_size * cfg.scaling.num_workers} examples per step on both sides. Baseline: "
+            f"{cfg.optim.micro_batch_size * cfg.scaling.num_workers} examples per step on both sides, both measured "
+            "with the idle llm-serve stack up. Baseline: "
             f"one process, torch on all {os.cpu_count()} cores, AdamW, no Ray, no DeepSpeed. llm-serve: Ray Train "
             f"TorchTrainer, {cfg.scaling.num_workers} workers (gloo), DeepSpeed {Path(cfg.deepspeed.config).name}, "
             "submitted with `ray job submit --working-dir .` to the running bench stack, which served the "
