@@ -84,7 +84,12 @@ class AdapterRegistry:
             fs.copy_files(
                 info.path, str(partial), source_filesystem=self.fs, destination_filesystem=fs.LocalFileSystem()
             )
-            partial.rename(target)
+            try:
+                partial.rename(target)
+            except OSError:  # another replica on this node finished the same download first
+                shutil.rmtree(partial, ignore_errors=True)
+                if not (target / METADATA_FILE).exists():
+                    raise
         return str(target)
 
     def _names(self) -> list[str]:
@@ -118,6 +123,13 @@ class AdapterRegistry:
         source = Path(adapter_dir)
         if not (source / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{source} is not a PEFT adapter directory (no adapter_config.json)")
+        existing = self.get(name)
+        base = metadata.get("base_model_id")
+        if existing is not None and base and existing.base_model_id != base:
+            # One name, one base model: `<base>:<name>` of the other base would silently vanish.
+            raise ValueError(
+                f"adapter '{name}' already exists for '{existing.base_model_id}'; choose another adapter_name"
+            )
         metadata = {**metadata, "name": name, "created_at": metadata.get("created_at") or _now()}
         if self.remote:
             from pyarrow import fs

@@ -379,7 +379,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_train_config(args.recipe)
     if args.run_name:
         recipe = recipe.model_copy(update={"name": args.run_name})
-    result = run(recipe, config, address=args.address, say=_say)
+    try:
+        result = run(recipe, config, address=args.address, say=_say)
+    except ValueError as exc:  # bad data (DataError names each line) or an impossible combination
+        _say(f"error: {exc}")
+        return 1
     m = result.metrics
     _say(
         f"done in {result.elapsed_s:.0f} s: {m.get('steps')} steps, loss {m.get('first_loss', 0):.3f} -> "

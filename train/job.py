@@ -81,6 +81,7 @@ def run(
     from train.data import dataset_hash
 
     started = time.monotonic()
+    preflight(cfg)
     model_dir = resolve_model_source(cfg.base_model, config.home_path, pull=True)
     say(f"training {cfg.name}: {cfg.method.kind} on {cfg.base_model} ({model_dir}), {cfg.scaling.num_workers} workers")
     say(f"running on {connect(config, address)}")
@@ -135,6 +136,19 @@ def run(
         model_path=model_path,
         elapsed_s=time.monotonic() - started,
     )
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Fail on the driver, in one readable message, before any worker is scheduled."""
+    from train.data import load_examples
+    from train.trainer import deepspeed_config
+
+    load_examples(project_path(cfg.data.path), cfg.data.format)  # raises DataError naming every bad line
+    if cfg.data.eval_path:
+        load_examples(project_path(cfg.data.eval_path), cfg.data.format)
+    stage = deepspeed_config(cfg, cfg.scaling.num_workers, 1).get("zero_optimization", {}).get("stage", 0)
+    if cfg.method.kind == "qlora" and stage == 3:
+        raise ValueError("QLoRA's 4-bit weights cannot be partitioned by ZeRO-3; use configs/deepspeed/zero2.json")
 
 
 def submission_id() -> str | None:

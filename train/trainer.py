@@ -64,8 +64,8 @@ def schedule(n_rows: int, world: int, cfg: TrainConfig) -> tuple[int, int]:
     """(micro-batches per epoch per rank, optimizer steps in total)."""
     per_rank = n_rows // world
     micro = max(1, per_rank // cfg.optim.micro_batch_size)
-    steps_per_epoch = max(1, micro // cfg.optim.gradient_accumulation_steps)
-    total = cfg.optim.max_steps or steps_per_epoch * cfg.optim.epochs
+    # Accumulation windows run across epoch ends, so count steps over all epochs' micro-batches.
+    total = cfg.optim.max_steps or max(1, micro * cfg.optim.epochs // cfg.optim.gradient_accumulation_steps)
     return micro, total
 
 
@@ -149,7 +149,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 continue
             step += 1
             elapsed = time.perf_counter() - window_started
-            stats = torch.tensor([window_loss / accum, float(window_tokens)], dtype=torch.float64)
+            # On the collective's device: NCCL (GPU runs) reduces CUDA tensors only.
+            stats = torch.tensor([window_loss / accum, float(window_tokens)], dtype=torch.float64, device=device)
             dist.all_reduce(stats)
             metrics = {
                 "step": step,
@@ -160,7 +161,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             }
             window_loss, window_tokens, window_started = 0.0, 0, time.perf_counter()
             last = step >= total_steps
-            epoch_end = b == micro_per_epoch - 1
+            # The step that completes the epoch's last micro-batch, or the first one after it.
+            epoch_end = (micro_step // micro_per_epoch) > ((micro_step - accum) // micro_per_epoch)
             if last or epoch_end:
                 metrics["eval_loss"] = _eval_loss(engine, eval_rows, pad_id, rank, world, device, torch, dist)
             history.append(metrics)
@@ -212,9 +214,11 @@ def _build_model(cfg: TrainConfig, model_dir: str, auto_cls: Any, torch: Any) ->
         if not torch.cuda.is_available():
             raise RuntimeError("QLoRA needs a CUDA GPU (4-bit weights through bitsandbytes); use method lora on CPU")
         try:
-            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise RuntimeError("QLoRA needs bitsandbytes: pip install bitsandbytes") from exc
+        from transformers import BitsAndBytesConfig
+
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         model = auto_cls.from_pretrained(model_dir, quantization_config=quant, torch_dtype=dtype)
         from peft import prepare_model_for_kbit_training
@@ -256,13 +260,19 @@ def _eval_loss(
     from train.data import collate
 
     engine.module.eval()
-    total = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    # Every rank runs the same number of forwards (ZeRO-3 gathers weights collectively in each):
+    # ranks short of rows repeat one with zero weight.
+    per_rank = -(-len(rows) // world)
     with torch.no_grad():
-        for row in rows[rank::world]:
-            batch = {k: v.to(device) for k, v in collate([row], pad_id).items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())
+        for i in range(per_rank):
+            index = rank + i * world
+            weight = 1.0 if index < len(rows) else 0.0
+            batch = {k: v.to(device) for k, v in collate([rows[min(index, len(rows) - 1)]], pad_id).items()}
+            n = int((batch["labels"][:, 1:] != -100).sum()) * weight
+            loss = float(engine.forward(batch).loss)
             if n:
-                total += torch.tensor([float(engine.forward(batch).loss) * n, n], dtype=torch.float64)
+                total += torch.tensor([loss * n, n], dtype=torch.float64, device=device)
     engine.module.train()
     dist.all_reduce(total)
     return float(total[0] / total[1]) if total[1] else float("nan")

@@ -44,6 +44,7 @@ from llm_serve.router.state import RouterState, StateClient
 logger = logging.getLogger("llm_serve.router")
 
 READY_CHECK_TIMEOUT_S = 5.0
+FORCED_RELIST_S = 1.0  # an unknown adapter id re-lists the registry at most this often
 REQUEST_ID_HEADER = "x-request-id"
 CACHE_HEADER = "x-llm-serve-cache"  # hit | semantic_hit | miss | bypass | coalesced | none
 SIMILARITY_HEADER = "x-llm-serve-cache-similarity"
@@ -547,7 +548,9 @@ class Router:
         bypass = cache_opt is False or "no-cache" in (request.headers.get("cache-control") or "").lower()
         deterministic = is_deterministic(body)
         cacheable = deterministic or not self.config.cache.exact.deterministic_only
-        ctx = CacheContext(caller.name, route, record.model, record.adapter, record.prompt)
+        # The adapter's publish time is in the key: a retrained adapter never answers from the old one's cache.
+        adapter_version = f"{record.adapter}@{adapter.metadata.get('created_at')}" if adapter is not None else None
+        ctx = CacheContext(caller.name, route, record.model, adapter_version, record.prompt)
         lookup = CacheLookup(ctx=ctx, bypass=bypass, cacheable=cacheable, deterministic=deterministic)
         if bypass:
             record.cache = "bypass"
@@ -872,11 +875,16 @@ class AdapterCatalog:
             if time.monotonic() - self._listed_at < refresh:
                 return
             listing: dict[str, AdapterInfo] = {}
-            for root, registry in self._registries.items():
-                for info in await asyncio.to_thread(registry.list):
-                    pool = self.pools.get(info.base_model_id)
-                    if pool is not None and self.config.adapter_registry(pool) == root:
-                        listing[info.model_id] = info
+            try:
+                for root, registry in self._registries.items():
+                    for info in await asyncio.to_thread(registry.list):
+                        pool = self.pools.get(info.base_model_id)
+                        if pool is not None and self.config.adapter_registry(pool) == root:
+                            listing[info.model_id] = info
+            except OSError as exc:  # keep serving what was known; a storage blip is not a mass 404
+                logger.warning("adapter registry listing failed (%s); keeping the last one", exc)
+                self._listed_at = time.monotonic()
+                return
             self._listing, self._listed_at = listing, time.monotonic()
 
     async def all(self) -> list[AdapterInfo]:
@@ -894,8 +902,9 @@ class AdapterCatalog:
             return self._listing[model_id]
         base, sep, name = model_id.rpartition(":")
         if sep and base in self.pools:
-            self._listed_at = -1e18  # maybe just published: look again once before saying no
-            await self._refresh()
+            if time.monotonic() - self._listed_at >= FORCED_RELIST_S:
+                self._listed_at = -1e18  # maybe just published: look again (at most once a second)
+                await self._refresh()
             if model_id in self._listing:
                 return self._listing[model_id]
             raise OpenAIError(

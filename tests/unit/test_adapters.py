@@ -110,7 +110,10 @@ async def test_router_serves_registered_adapters_by_id_and_name(tmp_path: Path) 
     assert float(by_id.headers["x-llm-serve-cost-usd"]) == pytest.approx(5 * 3.0 / 1e6), "the adapter's own price"
 
 
-async def test_adapter_published_later_is_served_without_restart(tmp_path: Path) -> None:
+async def test_adapter_published_later_is_served_without_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("llm_serve.router.openai_api.FORCED_RELIST_S", 0.0)
     registry = tmp_path / "adapters"
     lora = {"enabled": True, "registry": str(registry), "refresh_s": 3600}
     client, _, _ = build({"models": [{"id": A, "source": "x", "lora": lora}, {"id": B, "source": "x"}]})
@@ -118,3 +121,11 @@ async def test_adapter_published_later_is_served_without_restart(tmp_path: Path)
         assert_openai_error(await client.post("/v1/chat/completions", json=chat(f"{A}:late")), 404)
         AdapterRegistry(registry).publish(fake_adapter(tmp_path), "late", {"base_model_id": A})
         assert (await client.post("/v1/chat/completions", json=chat(f"{A}:late"))).status_code == 200
+
+
+def test_one_name_belongs_to_one_base_model(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "registry")
+    registry.publish(fake_adapter(tmp_path), "faq", {"base_model_id": A})
+    with pytest.raises(ValueError, match="already exists for"):
+        registry.publish(fake_adapter(tmp_path, "v2"), "faq", {"base_model_id": B})
+    assert registry.get("faq").base_model_id == A
