@@ -7,6 +7,7 @@ batches), and the search runs in a worker thread because pymilvus' client is syn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,9 @@ from llm_serve.prompts.version import PromptVersion
 from llm_serve.rag.milvus_server import milvus_uri
 from llm_serve.rag.store import Hit, StoreError, VectorStore
 from llm_serve.router.errors import OpenAIError, invalid_body
+
+STORE_ATTEMPTS = 3
+STORE_RETRY_BASE_S = 0.5
 
 
 class RagRequest(BaseModel):
@@ -89,6 +93,36 @@ class Retriever:
             self._store = VectorStore(self.config.rag.milvus, milvus_uri(self.config))
         return self._store
 
+    def reset(self) -> None:
+        """Drop the client after a connection failure; the next search connects afresh."""
+        store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(Exception):  # already broken: nothing more to release
+                store.close()
+
+    async def _search(self, request: RagRequest, vector: list[float], top_k: int) -> list[Hit]:
+        """Search, reconnecting on a dropped Milvus connection (a busy Lite server refuses now and then);
+        what is still failing after the retries is a 503, never a 500."""
+        from pymilvus.exceptions import MilvusException
+
+        for attempt in range(STORE_ATTEMPTS):
+            try:
+                return await asyncio.to_thread(
+                    self.store.search, request.collection, vector, top_k, request.filter or ""
+                )
+            except StoreError as exc:
+                raise OpenAIError(
+                    exc.status, str(exc), code=exc.code, param=f"rag.{exc.param}" if exc.param else None
+                ) from None
+            except MilvusException as exc:
+                self.reset()
+                if attempt == STORE_ATTEMPTS - 1:
+                    raise OpenAIError(
+                        503, f"the vector store is unavailable ({exc.message})", code="store_unavailable"
+                    ) from None
+                await asyncio.sleep(STORE_RETRY_BASE_S * 2**attempt)
+        raise AssertionError("unreachable")
+
     async def retrieve(self, question: str, request: RagRequest) -> Retrieval:
         if self.embedder is None:
             raise OpenAIError(
@@ -107,14 +141,7 @@ class Retriever:
             )
         embedded = time.perf_counter()
         top_k = request.top_k or self.config.rag.default_top_k
-        try:
-            hits = await asyncio.to_thread(
-                self.store.search, request.collection, result.vectors[0].tolist(), top_k, request.filter or ""
-            )
-        except StoreError as exc:
-            raise OpenAIError(
-                exc.status, str(exc), code=exc.code, param=f"rag.{exc.param}" if exc.param else None
-            ) from None
+        hits = await self._search(request, result.vectors[0].tolist(), top_k)
         searched = time.perf_counter()
         used = select_context(hits, self.config.rag.score_threshold, self.config.rag.relative_score_window)
         return Retrieval(

@@ -101,3 +101,42 @@ def test_question_is_the_last_user_message() -> None:
     assert question_of(messages) == "second"
     with pytest.raises(OpenAIError):
         question_of([{"role": "system", "content": "only system"}])
+
+
+class FlakyStore:
+    """Refuses the first `failures` searches the way a busy Milvus Lite server does."""
+
+    made = 0
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        FlakyStore.made += 1
+
+    def search(self, *_: object) -> list[Hit]:
+        from pymilvus.exceptions import MilvusException
+
+        if FlakyStore.made <= self.failures:
+            raise MilvusException(code=2, message="Fail connecting to server")
+        return [Hit("id", "doc", "src.md", 0, -1, "text", 0.9)]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("failures", "status"), [(1, None), (2, None), (3, 503)])
+async def test_dropped_milvus_connections_are_retried_then_503(
+    failures: int, status: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_serve.rag import retriever as module
+
+    FlakyStore.made = 0
+    monkeypatch.setattr(module, "VectorStore", lambda *_: FlakyStore(failures))
+    monkeypatch.setattr(module, "STORE_RETRY_BASE_S", 0.0)
+    retriever = module.Retriever(Config(), {})
+    request = module.RagRequest(collection="kb")
+    if status is None:
+        assert [h.id for h in await retriever._search(request, [0.1], 3)] == ["id"]
+    else:
+        with pytest.raises(OpenAIError) as err:
+            await retriever._search(request, [0.1], 3)
+        assert err.value.status == 503 and err.value.code == "store_unavailable"
