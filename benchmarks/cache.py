@@ -17,22 +17,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import BENCH_CONFIG, RESULTS, machine, metric, percentile, write_report  # noqa: E402
-from llm_serve.config import load_config  # noqa: E402
+from benchmarks.report import RESULTS, machine, metric, percentile, write_report  # noqa: E402
+from benchmarks.stack import BenchStack  # noqa: E402
 
 ATTRIBUTES = [
     "warranty period",
@@ -64,28 +61,13 @@ def rephrase(question: str) -> str:
     return "Could you tell me " + question.removeprefix("What is ").rstrip("?") + ", please?"
 
 
-class Stack:
-    def __init__(self, collection: str, env: dict[str, str]) -> None:
-        data = yaml.safe_load(BENCH_CONFIG.read_text())
-        data.setdefault("cache", {})["semantic"] = {"enabled": True, "collection": collection}
-        self.file = Path(tempfile.mkdtemp()) / "cache-bench.yaml"
-        self.file.write_text(yaml.safe_dump(data))
-        self.config = load_config(self.file)
-        self.url = f"http://127.0.0.1:{self.config.server.port}"
-        self.model = self.config.models[0].id
-        self.cli = [sys.executable, "-m", "llm_serve.cli", "--config", str(self.file)]
-        self.env = env
-
-    def up(self) -> None:
-        subprocess.run([*self.cli, "down"], env=self.env, check=False, capture_output=True)
-        subprocess.run([*self.cli, "up", "--detach"], env=self.env, check=True, stdout=subprocess.DEVNULL)
-
-    def down(self) -> None:
-        subprocess.run([*self.cli, "down"], env=self.env, check=False, capture_output=True)
-
-
 async def ask(
-    client: httpx.AsyncClient, stack: Stack, question: str, max_tokens: int, cache: bool, fixed_length: bool = False
+    client: httpx.AsyncClient,
+    stack: BenchStack,
+    question: str,
+    max_tokens: int,
+    cache: bool,
+    fixed_length: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": stack.model,
@@ -110,7 +92,7 @@ async def ask(
     }
 
 
-async def latency_phase(stack: Stack, n: int, max_tokens: int) -> dict[str, Any]:
+async def latency_phase(stack: BenchStack, n: int, max_tokens: int) -> dict[str, Any]:
     qs = questions(100, n)
     async with httpx.AsyncClient(timeout=600) as client:
         phases: dict[str, list[dict[str, Any]]] = {"miss": [], "exact_hit": [], "semantic_hit": []}
@@ -145,7 +127,7 @@ def workload(first_product: int, size: int, seed: int) -> list[str]:
 
 
 async def throughput_phase(
-    stack: Stack, requests: list[str], concurrency: int, max_tokens: int, cache: bool
+    stack: BenchStack, requests: list[str], concurrency: int, max_tokens: int, cache: bool
 ) -> dict[str, Any]:
     queue: asyncio.Queue[str] = asyncio.Queue()
     for q in requests:
@@ -244,9 +226,11 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     collection = f"bench_cache_{uuid.uuid4().hex[:8]}"
-    stack = Stack(collection, env)
+    stack = BenchStack(
+        env, lambda d: d.setdefault("cache", {}).update(semantic={"enabled": True, "collection": collection})
+    )
     _log("starting llm-serve (semantic cache on)")
-    stack.up()
+    stack.start()
     try:
         asyncio.run(ask_warmup(stack))
         _log("latency: miss, exact hit, semantic hit")
@@ -263,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         drop_collection(stack, collection)
         off, on = mean_phase(offs), mean_phase(ons)
     finally:
-        stack.down()
+        stack.stop()
 
     metrics = build_metrics(latency, off, on)
     report = {
@@ -289,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def ask_warmup(stack: Stack) -> None:
+async def ask_warmup(stack: BenchStack) -> None:
     async with httpx.AsyncClient(timeout=600) as client:
         for q in ("Say hi.", "Name a colour."):
             await ask(client, stack, q, 8, cache=False)
 
 
-def drop_collection(stack: Stack, collection: str) -> None:
+def drop_collection(stack: BenchStack, collection: str) -> None:
     from pymilvus import MilvusClient
 
     from llm_serve.rag.milvus_server import milvus_uri

@@ -32,9 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import BENCH_CONFIG as CONFIG  # noqa: E402
 from benchmarks.report import RESULTS, machine, metric, percentile, write_report  # noqa: E402
-from llm_serve.config import load_config  # noqa: E402
+from benchmarks.stack import BenchStack  # noqa: E402
 
 SUBJECTS = [
     "the Cirrus 3",
@@ -301,12 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     home = os.environ.get("LLM_SERVE_HOME", str(Path("~/.llm-serve").expanduser()))
     os.environ["LLM_SERVE_HOME"] = home
     env = {**os.environ}
-    config = load_config(CONFIG)
-    base_url = f"http://127.0.0.1:{config.server.port}"
-    cli = [sys.executable, "-m", "llm_serve.cli", "--config", str(CONFIG)]
-    subprocess.run([*cli, "down"], env=env, capture_output=True, check=False)
+    stack = BenchStack(env)
+    config, base_url, cli = stack.config, stack.url, stack.cli
     _log("starting the stack")
-    subprocess.run([*cli, "up", "--detach"], env=env, check=True, stdout=subprocess.DEVNULL)
+    stack.start()
     try:
         from llm_serve.rag.milvus_server import milvus_uri
 
@@ -331,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{answers['without_rag']}/{answers['total']} without"
         )
     finally:
-        subprocess.run([*cli, "down"], env=env, capture_output=True, check=False)
+        stack.stop()
     report = {
         "scenario": "rag",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

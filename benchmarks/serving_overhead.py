@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.loadgen import run_level  # noqa: E402
 from benchmarks.report import BENCH_CONFIG as CONFIG  # noqa: E402
 from benchmarks.report import RESULTS, machine, metric, write_report  # noqa: E402
+from benchmarks.stack import BenchStack  # noqa: E402
 from llm_serve.config import load_config  # noqa: E402
 from llm_serve.local_cluster import stop_tree  # noqa: E402
 from llm_serve.models import resolve_model_source  # noqa: E402
@@ -59,23 +60,6 @@ def first_answer(url: str, model: str) -> None:
     req = urllib.request.Request(f"{url}/v1/chat/completions", data=body, headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=300) as resp:
         resp.read()
-
-
-class LlmServe:
-    name = "llm-serve"
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.config = load_config(CONFIG)
-        self.url = f"http://127.0.0.1:{self.config.server.port}"
-        self.env = env
-        self.cli = [sys.executable, "-m", "llm_serve.cli", "--config", str(CONFIG)]
-
-    def start(self) -> None:
-        subprocess.run([*self.cli, "down"], env=self.env, check=False, capture_output=True)
-        subprocess.run([*self.cli, "up", "--detach"], env=self.env, check=True, stdout=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        subprocess.run([*self.cli, "down"], env=self.env, check=False, capture_output=True)
 
 
 class VllmServer:
@@ -232,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeats):
         _log(f"repeat {i + 1}/{args.repeats}")
         # Alternate the order so neither server always runs on a machine the other just warmed.
-        order = [LlmServe(env), VllmServer(env, model_dir, model.id)]
+        order = [BenchStack(env), VllmServer(env, model_dir, model.id)]
         for server in order if i % 2 == 0 else reversed(order):
             runs[server.name].append(
                 measure(server, model.id, args.concurrency, args.requests_per_level, args.max_tokens)

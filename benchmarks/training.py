@@ -32,8 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import BENCH_CONFIG, RESULTS, machine, metric, write_report  # noqa: E402
-from llm_serve.config import load_config  # noqa: E402
+from benchmarks.report import RESULTS, machine, metric, write_report  # noqa: E402
+from benchmarks.stack import BenchStack  # noqa: E402
 from llm_serve.models import resolve_model_source  # noqa: E402
 from train.config import TrainConfig, load_train_config, project_path  # noqa: E402
 
@@ -96,38 +96,20 @@ def plain_loop(cfg: TrainConfig, model_dir: str) -> dict[str, Any]:
     return {"steps": step, "tokens_per_s": rate, "first_loss": losses[0], "final_loss": losses[-1]}
 
 
-class Stack:
-    def __init__(self, env: dict[str, str]) -> None:
-        data = yaml.safe_load(BENCH_CONFIG.read_text())
-        data["models"][0]["lora"] = {"enabled": True, "refresh_s": 1}
-        self.file = Path(tempfile.mkdtemp()) / "training-bench.yaml"
-        self.file.write_text(yaml.safe_dump(data))
-        self.config = load_config(self.file)
-        self.url = f"http://127.0.0.1:{self.config.server.port}"
-        self.model = self.config.models[0].id
-        self.cli = [sys.executable, "-m", "llm_serve.cli", "--config", str(self.file)]
-        self.env = env
-
-    def up(self) -> None:
-        subprocess.run([*self.cli, "down"], env=self.env, check=False, capture_output=True)
-        subprocess.run([*self.cli, "up", "--detach"], env=self.env, check=True, stdout=subprocess.DEVNULL)
-
-    def down(self) -> None:
-        subprocess.run([*self.cli, "down"], env=self.env, check=False, capture_output=True)
-
-    def answers(self, model: str) -> bool:
-        body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
-        req = urllib.request.Request(
-            f"{self.url}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
+def answers(stack: BenchStack, model: str) -> bool:
+    """Whether the endpoint answers `model` (an adapter is servable once this is true)."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+    req = urllib.request.Request(
+        f"{stack.url}/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
-def submit_and_serve(stack: Stack, recipe: Path, adapter: str) -> dict[str, Any]:
+def submit_and_serve(stack: BenchStack, recipe: Path, adapter: str) -> dict[str, Any]:
     env = {
         **stack.env,
         "RAY_ADDRESS": f"http://127.0.0.1:{stack.config.ray.dashboard_port}",
@@ -147,7 +129,7 @@ def submit_and_serve(stack: Stack, recipe: Path, adapter: str) -> dict[str, Any]
     if proc.returncode != 0:
         raise RuntimeError(proc.stdout[-3000:] + proc.stderr[-3000:])
     model_id = f"{stack.model}:{adapter}"
-    while not stack.answers(model_id):
+    while not answers(stack, model_id):
         if time.monotonic() - job_done > 300:
             raise TimeoutError(f"{model_id} not served 300 s after the job finished")
         time.sleep(0.5)
@@ -160,7 +142,7 @@ def submit_and_serve(stack: Stack, recipe: Path, adapter: str) -> dict[str, Any]
     }
 
 
-def read_history(stack: Stack, adapter: str) -> list[dict[str, Any]]:
+def read_history(stack: BenchStack, adapter: str) -> list[dict[str, Any]]:
     registry = stack.config.home_path / "adapters" / adapter / "llm_serve_adapter.json"
     meta = json.loads(registry.read_text())
     return [json.loads(x) for x in (Path(meta["checkpoint"]) / "metrics.jsonl").read_text().splitlines() if x]
@@ -194,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     recipe.write_text(yaml.safe_dump(data))
     cfg = TrainConfig.model_validate(data)
 
-    stack = Stack(env)
+    stack = BenchStack(env, lambda d: d["models"][0].update(lora={"enabled": True, "refresh_s": 1}))
     model_dir = str(resolve_model_source(cfg.base_model, stack.config.home_path, pull=True))
     _log("starting llm-serve with LoRA serving")
-    stack.up()
+    stack.start()
     try:
         # The baseline runs with the (idle) stack up too: both sides share the cores with it.
         _log("baseline: plain single-process PEFT loop")
@@ -207,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         served = submit_and_serve(stack, recipe, adapter)
         history = read_history(stack, adapter)
     finally:
-        stack.down()
+        stack.stop()
     ours = statistics.fmean(h["tokens_per_s"] for h in history[1:])
     metrics = {
         "training_tokens_per_s": metric(ours, "tok/s", True, "plain-peft-loop", base["tokens_per_s"]),

@@ -549,12 +549,24 @@ class Config(Strict):
         return embedder.price if embedder is not None else Price()
 
 
-def _format_errors(exc: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration in {origin}:"]
+def format_errors(exc: ValidationError, origin: str, what: str = "configuration") -> str:
+    """One line per bad field, by dotted path: the shape of every config error the CLI prints."""
+    lines = [f"invalid {what} in {origin}:"]
     for err in exc.errors():
         path = ".".join(str(part) for part in err["loc"]) or "<root>"
         lines.append(f"  {path}: {err['msg']}")
     return "\n".join(lines)
+
+
+def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> tuple[Any, str]:
+    """The parsed YAML of a file and its name for messages; ConfigError when missing or malformed."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{what} not found: {file}")
+    try:
+        return yaml.safe_load(file.read_text()), str(file)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML in {file}: {exc}") from None
 
 
 def parse_config(data: dict[str, Any] | None, origin: str = "<dict>") -> Config:
@@ -564,7 +576,7 @@ def parse_config(data: dict[str, Any] | None, origin: str = "<dict>") -> Config:
     try:
         return Config.model_validate(data or {})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, origin)) from None
+        raise ConfigError(format_errors(exc, origin)) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -572,11 +584,5 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     path = path or os.environ.get(CONFIG_ENV)
     if path is None:
         return Config()
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML in {file}: {exc}") from None
-    return parse_config(data, origin=str(file))
+    data, origin = read_yaml(path)
+    return parse_config(data, origin=origin)

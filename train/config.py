@@ -11,10 +11,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from llm_serve.config import ConfigError, Strict
+from llm_serve.config import ConfigError, Strict, format_errors, read_yaml
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -131,21 +130,12 @@ def project_path(value: str) -> Path:
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"training config not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML in {file}: {exc}") from None
-    return parse_train_config(data, str(file))
+    data, origin = read_yaml(path, "training config")
+    return parse_train_config(data, origin)
 
 
 def parse_train_config(data: Any, origin: str = "<dict>") -> TrainConfig:
     try:
         return TrainConfig.model_validate(data or {})
     except ValidationError as exc:
-        lines = [f"invalid training config in {origin}:"]
-        for err in exc.errors():
-            lines.append(f"  {'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_errors(exc, origin, "training config")) from None

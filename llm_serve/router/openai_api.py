@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,6 +35,7 @@ from llm_serve.router.cache_keys import CacheContext, exact_key, is_deterministi
 from llm_serve.router.coalesce import Coalescer
 from llm_serve.router.embeddings import embedding_response, parse_embedding_request
 from llm_serve.router.errors import OpenAIError, from_engine_error, install_error_handlers, invalid_body
+from llm_serve.router.ledger import LedgerRow
 from llm_serve.router.replay import assemble, refusal_payload, replay
 from llm_serve.router.routing import estimate_tokens, route_candidates
 from llm_serve.router.semantic_cache import SemanticCache
@@ -51,6 +52,9 @@ SIMILARITY_HEADER = "x-llm-serve-cache-similarity"
 COST_HEADER = "x-llm-serve-cost-usd"
 MODEL_HEADER = "x-llm-serve-model"  # the pool that answered (after aliases, auto and fallbacks)
 PROMPT_HEADER = "x-llm-serve-prompt"  # name@version+hash of a registry prompt
+
+
+LEDGER_COLUMNS = tuple(f.name for f in fields(LedgerRow) if f.name != "ts")
 
 
 @dataclass
@@ -93,23 +97,10 @@ class RequestRecord:
         return (time.monotonic() - self.started) * 1000
 
     def ledger_row(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "key_name": self.key_name,
-            "route": self.route,
-            "model": self.model,
-            "adapter": self.adapter,
-            "prompt": self.prompt,
-            "stream": self.stream,
-            "status": self.status,
-            "latency_ms": round(self.latency_ms, 2),
-            "prompt_tokens": self.prompt_tokens,
-            "cached_tokens": self.cached_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": self.cost_usd,
-            "cache": self.cache,
-            "error": self.error,
-        }
+        """The ledger's columns, read off this record (the ledger stamps the time itself)."""
+        row = {name: getattr(self, name) for name in LEDGER_COLUMNS}
+        row["latency_ms"] = round(row["latency_ms"], 2)
+        return row
 
     def log(self) -> None:
         logger.info(

@@ -63,6 +63,10 @@ class SemanticCache:
             self._client = MilvusClient(uri=self.uri, token=self.milvus.token or "", timeout=self.milvus.timeout_s)
         return self._client
 
+    def _reset(self) -> None:
+        """After a failure, reconnect and re-check the collection on the next call."""
+        self._client, self._ready = None, False
+
     def _ensure(self, dimension: int) -> None:
         if self._ready:
             return
@@ -101,7 +105,7 @@ class SemanticCache:
             rows = await asyncio.to_thread(self._search, scope, vector)
         except Exception as exc:
             logger.warning("semantic cache lookup failed (%s: %s); treated as a miss", type(exc).__name__, exc)
-            self._ready = False
+            self._reset()
             return Probe(None, None, None)
         best = rows[0][0] if rows else None
         for similarity, entity in rows:
@@ -149,7 +153,7 @@ class SemanticCache:
             await asyncio.to_thread(self._upsert, row)
         except Exception as exc:
             logger.warning("semantic cache store failed (%s: %s)", type(exc).__name__, exc)
-            self._ready = False
+            self._reset()
 
     def _upsert(self, row: dict[str, Any]) -> None:
         self._ensure(len(row["vector"]))

@@ -32,8 +32,8 @@ class RouterState:
         self.ledger = Ledger(ledger.url or default_url(self.config.home_path)) if ledger.enabled else None
         self._requests: dict[str, deque[float]] = {}
         self._tokens: dict[str, deque[tuple[float, int]]] = {}
-        # (key, period) -> (period start, spend since then); loaded from the ledger on first use.
-        self._spend: dict[tuple[str, Period], tuple[float, float]] = {}
+        # key -> period -> (period start, spend since then); loaded from the ledger on first use.
+        self._spend: dict[str, dict[Period, tuple[float, float]]] = {}
 
     # ---- admission ------------------------------------------------------------------------------
 
@@ -91,11 +91,10 @@ class RouterState:
 
     def _spent(self, key_name: str, period: Period) -> float:
         start = period_start(period)
-        cached = self._spend.get((key_name, period))
+        periods = self._spend.setdefault(key_name, {})
+        cached = periods.get(period)
         if cached is None or cached[0] != start:
-            spent = self.ledger.spend(key_name, start) if self.ledger else 0.0
-            cached = (start, spent)
-            self._spend[(key_name, period)] = cached
+            cached = periods[period] = (start, self.ledger.spend(key_name, start) if self.ledger else 0.0)
         return cached[1]
 
     # ---- accounting -----------------------------------------------------------------------------
@@ -110,9 +109,10 @@ class RouterState:
             window.append((now, tokens))
             while window and window[0][0] <= now - WINDOW_S:  # bounded whether or not the key has a tpm
                 window.popleft()
-        for (key_name, period), (start, spent) in list(self._spend.items()):
-            if key_name == entry.key_name and entry.ts >= start:
-                self._spend[(key_name, period)] = (start, spent + entry.cost_usd)
+        periods = self._spend.get(entry.key_name, {})
+        for period, (start, spent) in periods.items():
+            if entry.ts >= start:
+                periods[period] = (start, spent + entry.cost_usd)
         if self.ledger is not None:
             try:
                 self.ledger.record(entry)
