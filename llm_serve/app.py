@@ -37,11 +37,14 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
     Registry models are resolved (and pulled when `pull_models`) on the machine that builds the
     app; on a multi-node cluster give a hub id or a path every node can read instead.
     """
+    # Engines get the tracing section only when it is on: a change of sampling or exporter must not
+    # restart engine replicas of a stack that does not trace.
+    tracing = config.telemetry.tracing.model_dump(mode="json") if config.telemetry.tracing.enabled else None
     engines: dict[str, Application] = {}
     for model in config.models:
         source = resolve_model_source(model.source, config.home_path, pull=pull_models)
         engines[model.id] = build_engine_deployment(
-            model, source, config.adapter_registry(model), str(config.home_path / "cache" / "adapters")
+            model, source, config.adapter_registry(model), str(config.home_path / "cache" / "adapters"), tracing
         )
     embedders: dict[str, Application] = {}
     for embedder in config.embedding_models:
@@ -52,7 +55,7 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
                 max_ongoing_requests=embedder.max_ongoing_requests,
                 ray_actor_options={"num_cpus": embedder.num_cpus, "runtime_env": {"env_vars": OFFLINE_ENV}},
             )
-            .bind(embedder.model_dump(mode="json"))
+            .bind(embedder.model_dump(mode="json"), tracing)
         )
     # One replica on purpose: rate-limit windows, spend and the exact cache must be one truth for
     # every router replica (see router/state.py).

@@ -63,6 +63,9 @@ class RayConfig(Strict):
         None, description="Ray's temp/session dir; default <home>/ray, so other Rays on the host are left alone."
     )
     object_store_memory_mb: int = Field(512, ge=78, description="Object store size for the local node.")
+    metrics_export_port: int = Field(
+        8390, ge=1024, le=65535, description="Where the local node serves Prometheus metrics (/metrics)."
+    )
 
 
 class ServerConfig(Strict):
@@ -464,6 +467,77 @@ class PromptsConfig(Strict):
     )
 
 
+class TracingConfig(Strict):
+    """OpenTelemetry tracing, set up in every Serve replica and training worker from this section."""
+
+    enabled: bool = Field(False, description="Trace requests and training jobs.")
+    service_name: str = Field("llm-serve", description="The `service.name` resource of every span.")
+    exporter: Literal["otlp", "console", "memory"] = Field(
+        "otlp",
+        description="otlp: to `endpoint` (Jaeger, Tempo, Phoenix, an OTel collector); console: each process' "
+        "log; memory: a span collector actor in the cluster, readable at /admin/traces/{trace_id} (tests, demos).",
+    )
+    protocol: Literal["http", "grpc"] = Field("http", description="OTLP transport.")
+    endpoint: str | None = Field(
+        None,
+        description="OTLP endpoint (http: the base URL, /v1/traces is appended; grpc: host:port). "
+        "Default: $OTEL_EXPORTER_OTLP_ENDPOINT, else the SDK's localhost default.",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra OTLP headers (e.g. auth for a SaaS).")
+    sampling_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of new traces recorded; an incoming sampled `traceparent` wins."
+    )
+    capture_content: bool = Field(
+        False, description="Put prompts and completions on spans (gen_ai.input/output.messages). Off: privacy."
+    )
+    max_queue_size: int = Field(8192, ge=1, description="Spans buffered per process before new ones are dropped.")
+    schedule_delay_ms: int = Field(1000, ge=1, description="How often each process exports its buffered spans.")
+    max_export_batch_size: int = Field(512, ge=1, description="Spans per export call.")
+    memory_max_spans: int = Field(20000, ge=1, description="Spans the memory collector keeps (oldest dropped).")
+
+
+class MetricsConfig(Strict):
+    """Prometheus metrics through Ray's metrics agent (every node serves them on its export port)."""
+
+    enabled: bool = Field(True, description="Record request, token, cost, cache and retrieval metrics.")
+    latency_buckets_s: list[float] = Field(
+        default_factory=lambda: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160],
+        min_length=1,
+        description="Histogram boundaries for end-to-end latency and time to first token (seconds).",
+    )
+    token_latency_buckets_s: list[float] = Field(
+        default_factory=lambda: [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28],
+        min_length=1,
+        description="Histogram boundaries for time per output token (seconds).",
+    )
+    token_buckets: list[float] = Field(
+        default_factory=lambda: [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536],
+        min_length=1,
+        description="Histogram boundaries for tokens per request (gen_ai.client.token.usage).",
+    )
+
+
+class GroundednessMonitorConfig(Strict):
+    """Online quality monitoring: a share of RAG answers scored for groundedness off the request path."""
+
+    enabled: bool = Field(True, description="Score a sample of RAG answers against the context they were given.")
+    sample_rate: float = Field(0.1, ge=0.0, le=1.0, description="Share of RAG answers scored.")
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="An answer whose groundedness is below this counts as a hallucination."
+    )
+    support_threshold: float = Field(
+        0.6, gt=0.0, le=1.0, description="A sentence is supported when this share of its content words is in context."
+    )
+    max_pending: int = Field(64, ge=1, description="Scorings waiting at once; beyond it new samples are skipped.")
+    window: int = Field(200, ge=1, description="Recent scored answers the hallucination-rate gauge is computed over.")
+
+
+class TelemetryConfig(Strict):
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    groundedness: GroundednessMonitorConfig = Field(default_factory=GroundednessMonitorConfig)
+
+
 class Config(Strict):
     """The whole stack. `load_config` builds it from YAML; every section has working defaults."""
 
@@ -488,6 +562,7 @@ class Config(Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:

@@ -162,6 +162,8 @@ def _ray_start_command(config: Config, temp_dir: Path) -> list[str]:
         str(rc.dashboard_port),
         "--dashboard-agent-listen-port",
         str(rc.dashboard_agent_listen_port),
+        "--metrics-export-port",
+        str(rc.metrics_export_port),
         "--min-worker-port",
         str(rc.min_worker_port),
         "--max-worker-port",
@@ -179,11 +181,8 @@ def _ray_start_command(config: Config, temp_dir: Path) -> list[str]:
 def start_head(config: Config, log_file: Path) -> subprocess.Popen[bytes]:
     """Start the private head node and wait until its GCS answers."""
     rc = config.ray
-    busy = [
-        p
-        for p in (rc.gcs_port, rc.dashboard_port, rc.dashboard_agent_listen_port, config.server.port)
-        if not port_free("127.0.0.1", p)
-    ]
+    ports = (rc.gcs_port, rc.dashboard_port, rc.dashboard_agent_listen_port, rc.metrics_export_port, config.server.port)
+    busy = [p for p in ports if not port_free("127.0.0.1", p)]
     if busy:
         raise ClusterError(
             f"port(s) {busy} on 127.0.0.1 are in use; is llm-serve already up (`llm-serve status`)? "

@@ -10,18 +10,25 @@ cache when remote. Nothing restarts when a new adapter is published.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from ray import serve
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 
 from llm_serve.adapters import AdapterRegistry
+from llm_serve.router.sse import FINISH_MARK, USAGE_MARK
+from llm_serve.telemetry import genai, tracing
 
 REGISTRY_KEY = "llm_serve_adapter_registry"
 CACHE_KEY = "llm_serve_adapter_cache"
+TRACING_KEY = "llm_serve_tracing"  # the telemetry.tracing section, when tracing is on
 
 
 class AdapterNotFound(ValueError):
@@ -59,3 +66,96 @@ class RegistryLoraServer(LLMServer):
         self._load_model = serve.multiplexed(max_num_models_per_replica=mx_config.max_num_models_per_replica)(
             _load_model
         )
+
+    # ---- tracing -------------------------------------------------------------------------------
+    # The engine's span is the child of the router's `chat {model}` span, whose context arrives as a
+    # `traceparent` header in RawRequestInfo (the object LLMServer already carries across the handle
+    # for request headers). A request without one (a health probe, tracing off at the router) is not
+    # traced here, so the token path is untouched when tracing is off.
+
+    async def chat(self, request: Any, raw_request_info: Any = None) -> Any:
+        stream = await super().chat(request, raw_request_info)
+        return self._traced(stream, "chat", request, raw_request_info)
+
+    async def completions(self, request: Any, raw_request_info: Any = None) -> Any:
+        stream = await super().completions(request, raw_request_info)
+        return self._traced(stream, "completions", request, raw_request_info)
+
+    def _traced(self, stream: Any, route: str, request: Any, raw_request_info: Any) -> Any:
+        headers = getattr(raw_request_info, "headers", None)
+        if not headers or "traceparent" not in headers:
+            return stream
+        if not tracing.setup_tracing(self._llm_config.experimental_configs.get(TRACING_KEY), "engine"):
+            return stream
+        parent = tracing.context_from(headers)
+        if parent is None:
+            return stream
+        return traced_engine_stream(stream, route, request, parent)
+
+
+async def traced_engine_stream(stream: Any, route: str, request: Any, parent: Any) -> AsyncIterator[Any]:
+    """Relay the engine's output inside a SERVER span: first output as an event, usage at the end."""
+    attributes = genai.request_attributes(route, request)
+    with contextlib.suppress(Exception):  # outside a Serve replica (tests) there is no replica id
+        attributes["llm_serve.replica"] = serve.get_replica_context().replica_id.unique_id
+    span = tracing.tracer().start_span(
+        genai.span_name(route, getattr(request, "model", None)),
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+    )
+    first = True
+    usage_event = id_event = None
+    reasons: list[str] = []
+    try:
+        async for item in stream:
+            if first:
+                span.add_event(genai.FIRST_TOKEN_EVENT)
+                first = False
+            events = item if isinstance(item, list) else [item]
+            for event in events:
+                if isinstance(event, str):
+                    id_event = id_event or event
+                    if USAGE_MARK in event:
+                        usage_event = event
+                    if FINISH_MARK in event:
+                        reasons.extend(_finish_reasons(event))
+                elif hasattr(event, "model_dump"):
+                    payload = event.model_dump(mode="json")
+                    if "error" in payload:
+                        span.set_status(Status(StatusCode.ERROR))
+                        span.set_attribute(genai.ERROR_TYPE, str((payload["error"] or {}).get("type") or "error"))
+                    span.set_attributes(genai.response_attributes(payload))
+            yield item
+    except BaseException as exc:
+        span.set_status(Status(StatusCode.ERROR))
+        span.set_attribute(genai.ERROR_TYPE, type(exc).__name__)
+        raise
+    finally:
+        for event, take in ((id_event, _id_attributes), (usage_event, _usage_attributes)):
+            if event is not None:
+                span.set_attributes(take(event))
+        if reasons:
+            span.set_attribute(genai.FINISH_REASONS, reasons)
+        span.end()
+
+
+def _event_payload(event: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(event[len("data: ") :])
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _id_attributes(event: str) -> dict[str, Any]:
+    payload = _event_payload(event)
+    return genai.response_attributes({"id": payload.get("id"), "model": payload.get("model")})
+
+
+def _usage_attributes(event: str) -> dict[str, Any]:
+    return genai.usage_attributes(_event_payload(event).get("usage"))
+
+
+def _finish_reasons(event: str) -> list[str]:
+    return [str(c["finish_reason"]) for c in _event_payload(event).get("choices") or [] if c.get("finish_reason")]

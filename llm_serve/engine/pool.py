@@ -98,12 +98,16 @@ def deployment_options(model: ModelConfig) -> dict[str, Any]:
 
 
 def build_llm_config(
-    model: ModelConfig, model_source: str, adapter_registry: str | None = None, adapter_cache: str | None = None
+    model: ModelConfig,
+    model_source: str,
+    adapter_registry: str | None = None,
+    adapter_cache: str | None = None,
+    tracing: dict[str, Any] | None = None,
 ) -> Any:
     """Translate one ModelConfig into Ray Serve LLM's LLMConfig (`model_source` already resolved)."""
     from ray.serve.llm import LLMConfig
 
-    from llm_serve.engine.lora_server import CACHE_KEY, REGISTRY_KEY
+    from llm_serve.engine.lora_server import CACHE_KEY, REGISTRY_KEY, TRACING_KEY
 
     engine = model.engine
     kwargs: dict[str, Any] = {
@@ -115,6 +119,8 @@ def build_llm_config(
         "experimental_configs": {"stream_batching_interval_ms": engine.stream_batching_interval_ms},
         "log_engine_metrics": False,
     }
+    if tracing is not None:
+        kwargs["experimental_configs"][TRACING_KEY] = tracing
     if engine.accelerator_type:
         kwargs["accelerator_type"] = engine.accelerator_type
     if model.lora.enabled:
@@ -125,14 +131,18 @@ def build_llm_config(
 
 
 def build_engine_deployment(
-    model: ModelConfig, model_source: str, adapter_registry: str | None = None, adapter_cache: str | None = None
+    model: ModelConfig,
+    model_source: str,
+    adapter_registry: str | None = None,
+    adapter_cache: str | None = None,
+    tracing: dict[str, Any] | None = None,
 ) -> Any:
     """The bound Serve application of one engine pool, named after the model id."""
     from ray.serve.llm import build_llm_deployment
 
     from llm_serve.engine.lora_server import RegistryLoraServer
 
-    llm_config = build_llm_config(model, model_source, adapter_registry, adapter_cache)
+    llm_config = build_llm_config(model, model_source, adapter_registry, adapter_cache, tracing)
     return build_llm_deployment(
         llm_config,
         deployment_cls=RegistryLoraServer,

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from opentelemetry.trace import SpanKind
 from ray import serve
 
 from llm_serve.config import EmbedderConfig
 from llm_serve.models.resolve import resolve_embedding_source
+from llm_serve.telemetry import genai, tracing
 
 
 @dataclass
@@ -39,7 +41,7 @@ class EmbeddingResult:
 class Embedder:
     """Plain class (constructible without Ray); app.py wraps it in a Serve deployment."""
 
-    def __init__(self, config: dict[str, Any] | EmbedderConfig) -> None:
+    def __init__(self, config: dict[str, Any] | EmbedderConfig, tracing_config: dict[str, Any] | None = None) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -52,6 +54,7 @@ class Embedder:
         self._encode_batch.set_max_batch_size(self.config.max_batch_size)
         self._encode_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
         self.batches_run = 0
+        tracing.setup_tracing(tracing_config, "embedder")
 
     async def check_health(self) -> None:
         return None
@@ -61,7 +64,27 @@ class Embedder:
         encoded = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    async def embed(self, texts: list[str]) -> EmbeddingResult:
+    async def embed(self, texts: list[str], trace_headers: dict[str, str] | None = None) -> EmbeddingResult:
+        parent = tracing.context_from(trace_headers) if tracing.enabled() else None
+        if parent is None:
+            return await self._embed(texts)
+        with tracing.tracer().start_as_current_span(
+            genai.span_name("embeddings", self.config.id),
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                genai.OPERATION: "embeddings",
+                genai.REQUEST_MODEL: self.config.id,
+                "llm_serve.inputs": len(texts),
+            },
+        ) as span:
+            result = await self._embed(texts)
+            span.set_attribute(genai.INPUT_TOKENS, result.prompt_tokens)
+            if result.error:
+                span.set_attribute(genai.ERROR_TYPE, "context_length_exceeded")
+            return result
+
+    async def _embed(self, texts: list[str]) -> EmbeddingResult:
         counts = self.count_tokens(texts)
         if not self.config.truncate:
             too_long = [i for i, n in enumerate(counts) if n > self.max_tokens]
@@ -91,3 +114,17 @@ class Embedder:
             show_progress_bar=False,
         )
         return list(vectors)
+
+
+async def embed_remote(handle: Any, model_id: str, texts: list[str]) -> EmbeddingResult:
+    """Call an embedder deployment inside a CLIENT span whose context travels with the call."""
+    if not tracing.enabled():
+        return await handle.embed.remote(texts)
+    with tracing.tracer().start_as_current_span(
+        genai.span_name("embeddings", model_id),
+        kind=SpanKind.CLIENT,
+        attributes={genai.OPERATION: "embeddings", genai.REQUEST_MODEL: model_id, "llm_serve.inputs": len(texts)},
+    ) as span:
+        result = await handle.embed.remote(texts, tracing.carrier())
+        span.set_attribute(genai.INPUT_TOKENS, result.prompt_tokens)
+        return result

@@ -12,13 +12,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llm_serve.config import Config, RagAlias
 from llm_serve.prompts.version import PromptVersion
+from llm_serve.rag.embedder import embed_remote
 from llm_serve.rag.milvus_server import milvus_uri
 from llm_serve.rag.store import Hit, StoreError, VectorStore
 from llm_serve.router.errors import OpenAIError, invalid_body
+from llm_serve.telemetry import genai, tracing
 
 STORE_ATTEMPTS = 3
 STORE_RETRY_BASE_S = 0.5
@@ -32,6 +35,8 @@ class RagRequest(BaseModel):
     collection: str
     top_k: int | None = Field(None, ge=1)
     filter: str | None = None
+    # Evaluation (ragas context metrics) and clients that show quotes need the chunks themselves.
+    include_text: bool = False
 
 
 @dataclass
@@ -43,8 +48,8 @@ class Retrieval:
     used: list[Hit]
     timings_ms: dict[str, float] = field(default_factory=dict)
 
-    def sources(self) -> list[dict[str, Any]]:
-        return [h.as_source() for h in self.used]
+    def sources(self, include_text: bool = False) -> list[dict[str, Any]]:
+        return [h.as_source(include_text) for h in self.used]
 
 
 def parse_rag(raw: Any, alias: RagAlias | None, config: Config) -> RagRequest | None:
@@ -130,8 +135,25 @@ class Retriever:
                 f"the embedding model '{self.config.rag.embedding_model}' is not deployed",
                 code="engine_unavailable",
             )
+        with tracing.tracer().start_as_current_span(
+            f"retrieval {request.collection}",
+            kind=SpanKind.INTERNAL,
+            attributes={genai.OPERATION: "retrieval", genai.DATA_SOURCE: request.collection},
+        ) as span:
+            retrieval = await self._retrieve(question, request)
+            span.set_attributes(
+                {
+                    "llm_serve.rag.top_k": request.top_k or self.config.rag.default_top_k,
+                    "llm_serve.rag.retrieved": len(retrieval.hits),
+                    "llm_serve.rag.used": len(retrieval.used),
+                    "llm_serve.rag.best_score": max((h.score for h in retrieval.hits), default=0.0),
+                }
+            )
+            return retrieval
+
+    async def _retrieve(self, question: str, request: RagRequest) -> Retrieval:
         started = time.perf_counter()
-        result = await self.embedder.embed.remote([question])
+        result = await embed_remote(self.embedder, self.config.rag.embedding_model, [question])
         if result.error:
             raise OpenAIError(
                 400,
@@ -141,7 +163,16 @@ class Retriever:
             )
         embedded = time.perf_counter()
         top_k = request.top_k or self.config.rag.default_top_k
-        hits = await self._search(request, result.vectors[0].tolist(), top_k)
+        with tracing.tracer().start_as_current_span(
+            f"search {request.collection}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system.name": "milvus",
+                "db.operation.name": "search",
+                "db.collection.name": request.collection,
+            },
+        ):
+            hits = await self._search(request, result.vectors[0].tolist(), top_k)
         searched = time.perf_counter()
         used = select_context(hits, self.config.rag.score_threshold, self.config.rag.relative_score_window)
         return Retrieval(

@@ -71,8 +71,8 @@ class Hit:
     text: str
     score: float
 
-    def as_source(self) -> dict[str, Any]:
-        """What a response's `sources` shows (the text stays server-side)."""
+    def as_source(self, include_text: bool = False) -> dict[str, Any]:
+        """What a response's `sources` shows (the text stays server-side unless asked for)."""
         out: dict[str, Any] = {
             "doc_id": self.doc_id,
             "source": self.source,
@@ -81,6 +81,8 @@ class Hit:
         }
         if self.page >= 0:
             out["page"] = self.page
+        if include_text:
+            out["text"] = self.text
         return out
 
 

@@ -9,6 +9,7 @@ receives exactly the objects Ray Serve LLM's LLMServer expects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
@@ -19,14 +20,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from fastapi import FastAPI, Request
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llm_serve.adapters import AdapterInfo, AdapterRegistry
 from llm_serve.config import Config, EmbedderConfig, ModelConfig, RagAlias
 from llm_serve.engine.pool import deployment_safe
+from llm_serve.eval.groundedness import GroundednessMonitor
 from llm_serve.prompts import PromptError, PromptNotFound, PromptRegistry, PromptVariablesError
 from llm_serve.prompts.template import PromptTemplate
+from llm_serve.rag.embedder import embed_remote
 from llm_serve.rag.milvus_server import milvus_uri
 from llm_serve.rag.retriever import RagRequest, Retrieval, Retriever, grounded_messages, parse_rag, question_of
 from llm_serve.router.auth import ANONYMOUS, Caller, KeyRing
@@ -41,6 +46,9 @@ from llm_serve.router.routing import estimate_tokens, route_candidates
 from llm_serve.router.semantic_cache import SemanticCache
 from llm_serve.router.sse import DONE_EVENT, StreamRelay, sse
 from llm_serve.router.state import RouterState, StateClient
+from llm_serve.telemetry import genai, tracing
+from llm_serve.telemetry.http import TracingMiddleware
+from llm_serve.telemetry.metrics import ServingMetrics
 
 logger = logging.getLogger("llm_serve.router")
 
@@ -79,11 +87,20 @@ class RequestRecord:
     finished: bool = False
     accounted: bool = False
     estimated_prompt_tokens: int = 0
+    error_code: str | None = None  # the OpenAI error code of a failed request (the errors metric's label)
+    ttft_s: float | None = None  # streamed requests: time to the engine's first output
+    span: Span | None = None  # the request's `chat {model}` span, ended when the request is accounted
+    trace_id: str | None = None
+    # RAG answers sampled for the groundedness monitor: the context they were given.
+    rag_contexts: list[str] | None = None
+    rag_collection: str | None = None
 
-    def finish(self, status: int | None = None, error: str | None = None) -> None:
+    def finish(self, status: int | None = None, error: str | None = None, code: str | None = None) -> None:
         if status is not None:
             self.status = status
         self.error = error
+        if code is not None:
+            self.error_code = code
         self.finished = True
 
     def take_usage(self, usage: dict[str, Any] | None) -> None:
@@ -105,7 +122,7 @@ class RequestRecord:
     def log(self) -> None:
         logger.info(
             "request %s key=%s route=%s model=%s stream=%s status=%d cache=%s prompt_tokens=%d "
-            "completion_tokens=%d cost_usd=%.8f latency_ms=%.1f%s",
+            "completion_tokens=%d cost_usd=%.8f latency_ms=%.1f trace_id=%s%s",
             self.request_id,
             self.key_name,
             self.route,
@@ -117,6 +134,7 @@ class RequestRecord:
             self.completion_tokens,
             self.cost_usd,
             self.latency_ms,
+            self.trace_id or "-",
             f" error={self.error}" if self.error else "",
         )
 
@@ -159,6 +177,11 @@ class Router:
             else None
         )
         self.adapters = AdapterCatalog(self.config)
+        tracing.setup_tracing(self.config.telemetry.tracing, "router")
+        self.metrics = ServingMetrics(self.config.telemetry.metrics)
+        self.monitor = GroundednessMonitor(self.config.telemetry.groundedness, self.metrics)
+        self.ongoing: dict[str, int] = {}
+        self.waiting_first = 0
         self.created = int(time.time())
         self.api = _protocol()
 
@@ -171,6 +194,7 @@ class Router:
         app = FastAPI(title="llm-serve", version="0.1.0", docs_url="/docs", redoc_url=None)
         install_error_handlers(app)
         app.add_middleware(BodySizeLimit, max_bytes=self.config.server.max_body_bytes)
+        app.add_middleware(TracingMiddleware)  # outermost: a refused body is a traced request too
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
         app.add_api_route("/readyz", self.readyz, methods=["GET"])
         app.add_api_route("/v1/models", self.list_models, methods=["GET"])
@@ -181,6 +205,8 @@ class Router:
         app.add_api_route("/admin/usage", self.admin_usage, methods=["GET"])
         app.add_api_route("/admin/requests", self.admin_requests, methods=["GET"])
         app.add_api_route("/admin/cache", self.admin_cache, methods=["GET"])
+        app.add_api_route("/admin/traces", self.admin_traces, methods=["GET"])
+        app.add_api_route("/admin/traces/{trace_id}", self.admin_trace, methods=["GET"])
         return app
 
     # ---- health ---------------------------------------------------------------------------------
@@ -240,6 +266,51 @@ class Router:
             "exact": await self.state.call("cache_stats"),
             "coalescing": {"engine_calls": self.coalescer.calls, "joined": self.coalescer.joined},
         }
+
+    def _collector(self) -> Any:
+        if not (self.config.telemetry.tracing.enabled and self.config.telemetry.tracing.exporter == "memory"):
+            raise OpenAIError(
+                404,
+                "traces are kept in memory only with telemetry.tracing.exporter: memory; "
+                "otherwise look them up in your tracing backend",
+                code="traces_unavailable",
+            )
+        return self._collector_store()
+
+    def _collector_store(self) -> Any:
+        import ray
+
+        from llm_serve.telemetry.collector import collector_handle, local_store
+
+        if not ray.is_initialized():
+            store = local_store(self.config.telemetry.tracing.memory_max_spans)
+            return store.trace, store.recent_traces
+        actor = collector_handle(self.config.telemetry.tracing.memory_max_spans)
+
+        async def trace_of(trace_id: str) -> list[dict[str, Any]]:
+            return await actor.trace.remote(trace_id)
+
+        async def recent(limit: int) -> list[str]:
+            return await actor.recent_traces.remote(limit)
+
+        return trace_of, recent
+
+    async def admin_traces(self, request: Request) -> dict[str, Any]:
+        """The most recent trace ids held by the in-memory span collector (newest first)."""
+        self._admin(request)
+        _, recent = self._collector()
+        ids = recent(20)
+        return {"object": "list", "data": await ids if asyncio.iscoroutine(ids) else ids}
+
+    async def admin_trace(self, trace_id: str, request: Request) -> dict[str, Any]:
+        """Every span of one trace, from every process, oldest first (the in-memory collector)."""
+        self._admin(request)
+        trace_of, _ = self._collector()
+        spans = trace_of(trace_id.lower())
+        spans = await spans if asyncio.iscoroutine(spans) else spans
+        if not spans:
+            raise OpenAIError(404, f"no spans of trace '{trace_id}' are held", code="trace_not_found")
+        return {"trace_id": trace_id.lower(), "spans": spans}
 
     # ---- models ---------------------------------------------------------------------------------
 
@@ -329,11 +400,23 @@ class Router:
         record = RequestRecord(
             request_id=_request_id(request), route="embeddings", model=model_id, stream=False, key_name=caller.name
         )
+        self._begin(record, {genai.OPERATION: "embeddings", genai.REQUEST_MODEL: model_id})
+        try:
+            with _current(record.span):
+                return await self._embed(caller, record, model_id, body, texts)
+        finally:
+            if not record.accounted:  # cancelled, or a failure no handler expected: still one row
+                record.finish(499 if not record.finished else record.status, record.error or "not completed")
+                await asyncio.shield(self._account(record))
+
+    async def _embed(
+        self, caller: Caller, record: RequestRecord, model_id: str, body: Any, texts: list[str]
+    ) -> Response:
         try:
             await self._admit(caller, record)
             try:
                 result = await asyncio.wait_for(
-                    self.embedders[model_id].embed.remote(texts), self.config.server.request_timeout_s
+                    embed_remote(self.embedders[model_id], model_id, texts), self.config.server.request_timeout_s
                 )
             except Exception as exc:
                 raise call_failed(record, exc, f"the embedding model '{model_id}'") from None
@@ -388,7 +471,9 @@ class Router:
         key = caller.key
         if key is None or (key.rpm is None and key.tpm is None and key.budget_usd is None):
             return
-        refusal = await self.state.call("admit", caller.name, key.rpm, key.tpm, key.budget_usd, key.budget_period)
+        with tracing.tracer().start_as_current_span("llm_serve.admit") as span:
+            refusal = await self.state.call("admit", caller.name, key.rpm, key.tpm, key.budget_usd, key.budget_period)
+            span.set_attribute("llm_serve.admitted", refusal is None)
         if refusal is not None:
             headers = {"retry-after": str(refusal["retry_after"])} if refusal.get("retry_after") else None
             # OpenAI types an exhausted quota apart from a rate limit; clients back off differently.
@@ -400,8 +485,9 @@ class Router:
         if record.accounted:
             return
         if exc is not None and (not record.finished or record.status < 400):
-            record.finish(exc.status, exc.message)
+            record.finish(exc.status, exc.message, exc.code)
         record.accounted = True
+        self._end(record)
         record.log()
         try:
             await self.state.call("record", record.ledger_row())
@@ -416,6 +502,80 @@ class Router:
         if record.route != "embeddings":
             headers[CACHE_HEADER] = record.cache
         return {**headers, **extra}
+
+    # ---- telemetry ------------------------------------------------------------------------------
+
+    def _begin(self, record: RequestRecord, attributes: dict[str, Any]) -> None:
+        """Open the request's GenAI span (a child of the ingress span) and count it as ongoing."""
+        record.span = tracing.tracer().start_span(
+            genai.span_name(record.route, record.model or None), kind=SpanKind.CLIENT, attributes=attributes
+        )
+        record.trace_id = tracing.trace_id_of(record.span)
+        self._gauge_ongoing(record.route, +1)
+
+    def _gauge_ongoing(self, route: str, delta: int) -> None:
+        self.ongoing[route] = self.ongoing.get(route, 0) + delta
+        self.metrics.ongoing.set(self.ongoing[route], {"route": route})
+
+    def _end(self, record: RequestRecord) -> None:
+        """Close the request's span with what it cost and how it ended; record its metrics. Once."""
+        span, record.span = record.span, None
+        if span is None:
+            return
+        self._gauge_ongoing(record.route, -1)
+        self.metrics.record(record)
+        if not span.is_recording():
+            span.end()
+            return
+        served = f"{record.model}:{record.adapter}" if record.adapter else record.model
+        span.update_name(genai.span_name(record.route, served or None))
+        attributes: dict[str, Any] = {
+            genai.INPUT_TOKENS: record.prompt_tokens,
+            "llm_serve.request_id": record.request_id,
+            "llm_serve.key": record.key_name,
+            "llm_serve.cost_usd": record.cost_usd,
+            "llm_serve.status": record.status,
+        }
+        if served:
+            attributes[genai.RESPONSE_MODEL] = served
+        if record.route != "embeddings":
+            attributes[genai.OUTPUT_TOKENS] = record.completion_tokens
+            attributes["llm_serve.cache"] = record.cache
+        if record.cached_tokens:
+            attributes["gen_ai.usage.cache_read.input_tokens"] = record.cached_tokens
+        if record.prompt:
+            attributes["llm_serve.prompt_version"] = record.prompt
+        if record.adapter:
+            attributes["llm_serve.adapter"] = record.adapter
+        if record.ttft_s is not None:
+            attributes["llm_serve.ttft_s"] = round(record.ttft_s, 6)
+        if record.status >= 400:
+            attributes[genai.ERROR_TYPE] = record.error_code or str(record.status)
+            span.set_status(Status(StatusCode.ERROR, (record.error or "")[:200]))
+        span.set_attributes(attributes)
+        span.end()
+
+    def _on_response(self, record: RequestRecord, payload: dict[str, Any] | None, body: Any = None) -> None:
+        """Response facts for the span (id, finish reasons; content only when opted in) and the
+        groundedness monitor's sample, from a complete response payload."""
+        span = record.span
+        if span is not None and span.is_recording() and payload:
+            span.set_attributes(genai.response_attributes({k: v for k, v in payload.items() if k != "usage"}))
+            if tracing.capture_content():
+                if body is not None:
+                    span.set_attribute(genai.INPUT_MESSAGES, genai.input_messages(record.route, body) or "")
+                span.set_attribute(genai.OUTPUT_MESSAGES, genai.output_messages(payload) or "")
+        if record.rag_contexts is not None and payload:
+            choices = payload.get("choices") or [{}]
+            answer = (choices[0].get("message") or {}).get("content")
+            self.monitor.submit(
+                answer,
+                record.rag_contexts,
+                model=record.model,
+                collection=record.rag_collection or "",
+                request_id=record.request_id,
+                parent=span.get_span_context() if span is not None else None,
+            )
 
     def _price(self, record: RequestRecord, hit: bool) -> float:
         price = self.config.price(record.model, record.adapter)
@@ -437,7 +597,9 @@ class Router:
         return await self._generate(request, route="completions", request_cls=self.api.CompletionRequest)
 
     async def _generate(self, request: Request, *, route: str, request_cls: type) -> Response:
-        caller = self._caller(request)
+        with tracing.tracer().start_as_current_span("llm_serve.auth") as auth_span:
+            caller = self._caller(request)
+            auth_span.set_attribute("llm_serve.key", caller.name)
         data = await self._read_json(request)
         requested = data.get("model")
         record = RequestRecord(
@@ -447,13 +609,16 @@ class Router:
             stream=bool(data.get("stream")),
             key_name=caller.name,
         )
+        self._begin(record, genai.request_attributes(route, data))
         try:
-            response = await self._generate_for(request, caller, data, record, route, request_cls)
+            with _current(record.span):
+                response = await self._generate_for(request, caller, data, record, route, request_cls)
         except OpenAIError as exc:
             if record.model:  # requests that never named a model are not worth a ledger row
                 await self._account(record, exc)
             else:
-                record.finish(exc.status, exc.message)
+                record.finish(exc.status, exc.message, exc.code)
+                self._end(record)
                 record.log()
             raise
         except asyncio.CancelledError:
@@ -509,7 +674,10 @@ class Router:
             )
         rag = parse_rag(rag_raw, alias, self.config)
         if prompt_raw is not None:
-            record.prompt = self._apply_prompt(prompt_raw, data, caller)
+            name = prompt_raw.get("name") if isinstance(prompt_raw, dict) else None
+            with tracing.tracer().start_as_current_span(f"prompt {name}" if name else "prompt") as span:
+                record.prompt = self._apply_prompt(prompt_raw, data, caller)
+                span.set_attribute("llm_serve.prompt_version", record.prompt)
         client_wants_usage = bool((data.get("stream_options") or {}).get("include_usage"))
         if data.get("stream"):
             # Usage is always asked of the engine, so that streamed requests are counted and priced
@@ -524,6 +692,10 @@ class Router:
         extra: dict[str, Any] | None = None
         if rag is not None:
             retrieval, extra = await self._retrieve(body, rag, alias)
+            self.metrics.retrieval.observe(sum(retrieval.timings_ms.values()) / 1000, {"collection": rag.collection})
+            if retrieval.used and self.monitor.sample():
+                record.rag_contexts = [hit.text for hit in retrieval.used]
+                record.rag_collection = rag.collection
             if not retrieval.used and self.config.rag.fallback == "refuse":
                 record.finish(200)
                 record.cache = "none"
@@ -546,7 +718,11 @@ class Router:
         if bypass:
             record.cache = "bypass"
         elif cacheable:
-            hit = await self._cache_lookup(body, lookup, record)
+            with tracing.tracer().start_as_current_span("llm_serve.cache_lookup") as span:
+                hit = await self._cache_lookup(body, lookup, record)
+                span.set_attribute("llm_serve.cache", record.cache if hit is not None else "miss")
+                if lookup.similarity is not None:
+                    span.set_attribute("llm_serve.cache.similarity", round(lookup.similarity, 4))
             if hit is not None:
                 return self._cached_response(hit, record, body, client_wants_usage, extra, lookup)
             record.cache = "miss"
@@ -644,6 +820,7 @@ class Router:
         if isinstance(payload.get("usage"), dict):
             payload["usage"]["cost_usd"] = record.cost_usd
         record.finish(200)
+        self._on_response(record, payload, body)
         headers = self._headers(record, **{COST_HEADER: f"{record.cost_usd:.10f}"})
         if lookup.similarity is not None:
             headers[SIMILARITY_HEADER] = f"{lookup.similarity:.4f}"
@@ -671,10 +848,11 @@ class Router:
             # Serve's model multiplexing sends the request to a replica holding the adapter, if any.
             handle = self.engines[model_id].options(stream=True, multiplexed_model_id=f"{model_id}:{record.adapter}")
         method = getattr(handle, route)
+        info = engine_request_info(record)
         if not (self.config.cache.coalesce and lookup.deterministic and not lookup.bypass):
-            return method.remote(body, None)
+            return method.remote(body, info)
         key = (lookup.exact_key or exact_key(body, lookup.ctx)) + (":stream" if body.stream else ":json")
-        results, joined = self.coalescer.join(key, lambda: method.remote(body, None))
+        results, joined = self.coalescer.join(key, lambda: method.remote(body, info))
         if joined:
             record.cache = "coalesced"
         return results
@@ -694,6 +872,8 @@ class Router:
             if model_id != record.model:
                 self._fall_back(body, model_id, record, lookup)
             results = self._engine_results(model_id, record.route, body, lookup, record)
+            self.waiting_first += 1
+            self.metrics.queued.set(self.waiting_first)
             try:
                 first = await asyncio.wait_for(results.__anext__(), timeout)
             except OpenAIError:
@@ -711,6 +891,9 @@ class Router:
                 if last:
                     raise call_failed(record, exc, f"the engine for '{model_id}'") from None
                 continue
+            finally:
+                self.waiting_first -= 1
+                self.metrics.queued.set(self.waiting_first)
             head = first[0] if isinstance(first, list) and first else first
             if is_error_response(head):
                 abandon(results)
@@ -719,8 +902,13 @@ class Router:
                     continue
                 raise err
             break
+        if body.stream:
+            record.ttft_s = time.monotonic() - record.started
+            if record.span is not None:
+                record.span.add_event(genai.FIRST_TOKEN_EVENT)
         if not body.stream:
             payload = head.model_dump(mode="json", exclude_none=False)
+            self._on_response(record, payload, body)
             record.take_usage(payload.get("usage"))
             coalesced = record.cache == "coalesced"
             record.cost_usd = self._price(record, hit=coalesced)
@@ -733,6 +921,8 @@ class Router:
                 payload.update(extra)
             return JSONResponse(payload, headers=self._headers(record, **{COST_HEADER: f"{record.cost_usd:.10f}"}))
         fill = lookup.cacheable and not lookup.bypass and record.cache != "coalesced"
+        # The monitor and content capture need the answer's text; collecting is off otherwise.
+        keep = fill or record.rag_contexts is not None or tracing.capture_content()
         relay = StreamRelay(
             first,
             results,
@@ -740,10 +930,10 @@ class Router:
             deadline_s=timeout,
             final_extra=extra,
             on_usage=lambda usage: {"cost_usd": self._stream_cost(record, usage)},
-            collect=fill,
+            collect=keep,
         )
         return StreamingResponse(
-            self._stream(relay, record, lookup if fill else None),
+            self._stream(relay, record, lookup if fill else None, body),
             media_type="text/event-stream",
             headers={**self._headers(record), "cache-control": "no-cache"},
         )
@@ -787,10 +977,10 @@ class Router:
             "fallback": fallback,
             "timings_ms": {k: round(v, 1) for k, v in retrieval.timings_ms.items()},
         }
-        return retrieval, {"sources": retrieval.sources(), "rag": info}
+        return retrieval, {"sources": retrieval.sources(rag.include_text), "rag": info}
 
     async def _stream(
-        self, relay: StreamRelay, record: RequestRecord, lookup: CacheLookup | None
+        self, relay: StreamRelay, record: RequestRecord, lookup: CacheLookup | None, body: Any = None
     ) -> AsyncIterator[str]:
         """Relay the engine's events; the ledger row is written before the final [DONE] goes out.
 
@@ -824,11 +1014,19 @@ class Router:
         if relay.timed_out:
             abandon(relay.upstream)
         status = (504 if relay.timed_out else 500) if relay.error else 200
-        record.finish(status, relay.error)
+        record.finish(status, relay.error, ("timeout" if relay.timed_out else "engine_error") if relay.error else None)
         self._settle_stream(relay, record)
+        assembled = assemble(relay.events, record.route) if relay.events is not None and not relay.error else None
+        if record.span is not None:
+            if relay.finish_reasons:
+                record.span.set_attribute(genai.FINISH_REASONS, relay.finish_reasons)
+            if relay.response_id:
+                record.span.set_attribute(genai.RESPONSE_ID, relay.response_id)
+            if assembled is not None:
+                self._on_response(record, assembled, body)
         await self._account(record)
-        if lookup is not None and relay.events is not None and not relay.error:
-            await self._fill(lookup, assemble(relay.events, record.route))
+        if lookup is not None and assembled is not None:
+            await self._fill(lookup, assembled)
         yield DONE_EVENT
 
     def _settle_stream(self, relay: StreamRelay, record: RequestRecord) -> None:
@@ -958,3 +1156,21 @@ def _sanitize_messages(body: Any) -> Any:
         return _sanitize_chat_completion_request(body)
     except ValueError as exc:
         raise OpenAIError(422, str(exc), code="invalid_value", param="messages") from None
+
+
+def _current(span: Span | None) -> Any:
+    """Make `span` the current one for a block (children nest under it) without ending it on exit."""
+    return trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext()
+
+
+def engine_request_info(record: RequestRecord) -> Any:
+    """What travels with an engine call besides the request: the trace context, as LLMServer's
+    RawRequestInfo headers (None when there is nothing to carry)."""
+    if record.span is None or not record.span.is_recording():
+        return None
+    headers = tracing.carrier()
+    if not headers:
+        return None
+    from ray.llm._internal.serve.core.protocol import RawRequestInfo
+
+    return RawRequestInfo(headers={**headers, REQUEST_ID_HEADER: record.request_id})

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_serve.config import MilvusConfig, SemanticCacheConfig
+from llm_serve.rag.embedder import embed_remote
 from llm_serve.router.semantic_match import same_question
 
 logger = logging.getLogger("llm_serve.router")
@@ -90,7 +91,7 @@ class SemanticCache:
         self._ready = True
 
     async def _embed(self, question: str) -> list[float] | None:
-        result = await self.embedder.embed.remote([question])
+        result = await embed_remote(self.embedder, self.config.embedding_model, [question])
         if result.error:
             return None
         return [float(x) for x in result.vectors[0]]

@@ -269,6 +269,12 @@ def _tokens(text: str) -> list[str]:
     return out
 
 
+def content_stems(text: str) -> list[str]:
+    """The text's content words, stemmed and with filler dropped, in order: the unit both the cache's
+    lexical check and the online groundedness monitor compare texts by."""
+    return [s for s in (stem(t) for t in _tokens(text)) if s not in _FILLER_STEMS]
+
+
 def _number(token: str) -> str | None:
     """The canonical spelling of a numeric token (count, decimal, clock time, ordinal), else None."""
     if _NUMBER.fullmatch(token):

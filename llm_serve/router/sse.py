@@ -22,6 +22,7 @@ from llm_serve.router.errors import OpenAIError, from_engine_error
 DONE_EVENT = "data: [DONE]\n\n"
 # Cheap substring tests decide which events are parsed at all; JSON spacing varies by producer.
 USAGE_MARK = '"usage"'
+FINISH_MARK = '"finish_reason":"'  # a set (non-null) finish reason, as vLLM serializes it
 ERROR_MARK = '"error"'
 ERROR_PREFIX_LEN = 16
 
@@ -53,6 +54,7 @@ class StreamRelay:
         self.error: str | None = None
         self.timed_out = False
         self.content_events = 0  # events relayed: the output-token estimate when no usage arrives
+        self.finish_reasons: list[str] = []  # for the trace (gen_ai.response.finish_reasons)
         # Fields (e.g. RAG `sources`) sent in one last chunk before [DONE], shaped like the usage chunk.
         self._final_extra = final_extra
         self._chunk_head: dict[str, Any] = {}
@@ -109,6 +111,8 @@ class StreamRelay:
                 event = sse(from_engine_error(event).body())
             if self.events is not None:
                 self.events.append(event)
+            if FINISH_MARK in event:
+                self._read_finish(event)
             if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)
             elif event.startswith(DONE_EVENT[:12]):
@@ -117,6 +121,18 @@ class StreamRelay:
                 out.append(event)
                 self.content_events += 1
         return "".join(out)
+
+    def _read_finish(self, event: str) -> None:
+        try:
+            payload = json.loads(event[len("data: ") :])
+        except ValueError:
+            return
+        choices = payload.get("choices") or []
+        self.finish_reasons.extend(str(c["finish_reason"]) for c in choices if c.get("finish_reason"))
+
+    @property
+    def response_id(self) -> str | None:
+        return self._chunk_head.get("id")
 
     @property
     def upstream(self) -> AsyncIterator[Any]:

@@ -56,6 +56,7 @@ def cluster() -> Iterator[dict]:
                 "gcs_port": 6431,
                 "dashboard_port": 8315,
                 "dashboard_agent_listen_port": 52415,
+                "metrics_export_port": 8398,
                 "min_worker_port": 24000,
                 "max_worker_port": 24999,
                 "temp_dir": str(temp / "ray"),

@@ -72,7 +72,13 @@ def test_rag_object_is_read_over_alias_defaults() -> None:
     )
     alias = config.rag_alias("support")
     assert parse_rag(None, None, config) is None
-    assert parse_rag(None, alias, config).model_dump() == {"collection": "kb", "top_k": 3, "filter": None}
+    assert parse_rag(None, alias, config).model_dump() == {
+        "collection": "kb",
+        "top_k": 3,
+        "filter": None,
+        "include_text": False,
+    }
+    assert parse_rag({"include_text": True}, alias, config).include_text
     assert parse_rag({"top_k": 5}, alias, config).top_k == 5
     with pytest.raises(OpenAIError) as info:
         parse_rag({"colection": "kb"}, None, config)

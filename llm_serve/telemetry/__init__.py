@@ -1,0 +1,1 @@
+"""Observability: OpenTelemetry tracing (GenAI conventions) and Prometheus metrics through Ray."""

@@ -1,0 +1,157 @@
+"""Prometheus metrics of the serving path, recorded through Ray's metrics API.
+
+Ray's metrics agent on every node already scrapes its workers and serves Prometheus text on the
+node's metrics export port (with `ray_` prefixed to every name), next to Serve's and vLLM's own
+series; recording through `ray.util.metrics` puts ours in the same scrape, with the replica's
+identity as labels, and needs no port per replica. Names follow the OpenTelemetry GenAI metric
+conventions where they have one (`gen_ai.server.request.duration` -> `gen_ai_server_request_duration`,
+seconds), and `llm_serve_*` otherwise.
+
+Each series is recorded from a finished RequestRecord, once per request, so the counters agree with
+the ledger. Tags are kept low-cardinality (route, model, status, cache result, error code): no key
+names on latency histograms, only on the cost counter where spend per key is the point.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from llm_serve.config import MetricsConfig
+
+logger = logging.getLogger("llm_serve.telemetry")
+
+# GenAI convention names (dots become underscores in Prometheus).
+REQUEST_DURATION = "gen_ai_server_request_duration"
+TIME_TO_FIRST_TOKEN = "gen_ai_server_time_to_first_token"
+TIME_PER_OUTPUT_TOKEN = "gen_ai_server_time_per_output_token"
+TOKEN_USAGE = "gen_ai_client_token_usage"
+
+
+class _NoMetric:
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        return None
+
+    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
+        return None
+
+    def set(self, value: float, tags: dict[str, str] | None = None) -> None:
+        return None
+
+
+class ServingMetrics:
+    """Every series the router exports; a disabled instance records nothing."""
+
+    def __init__(self, config: MetricsConfig | None = None) -> None:
+        config = config or MetricsConfig()
+        self.enabled = config.enabled
+        if not config.enabled:
+            none = _NoMetric()
+            self.requests = self.errors = self.tokens = self.cost = self.cache_lookups = none
+            self.duration = self.ttft = self.tpot = self.token_usage = self.retrieval = none
+            self.ongoing = self.queued = self.groundedness = self.hallucination_rate = self.scored = none
+            return
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        latency = list(config.latency_buckets_s)
+        self.requests = Counter(
+            "llm_serve_requests", "Requests answered, by route, model and HTTP status.", ("route", "model", "status")
+        )
+        self.errors = Counter(
+            "llm_serve_errors", "Requests that failed, by error code (OpenAI error codes).", ("route", "model", "code")
+        )
+        self.tokens = Counter(
+            "llm_serve_tokens", "Tokens processed (gen_ai.token.type input or output).", ("model", "token_type")
+        )
+        self.cost = Counter("llm_serve_cost_usd", "Spend in USD, by model and API key name.", ("model", "key"))
+        self.cache_lookups = Counter(
+            "llm_serve_cache_lookups",
+            "Generation requests by how the caches served them (hit, semantic_hit, miss, bypass, coalesced).",
+            ("route", "model", "result"),
+        )
+        self.duration = Histogram(
+            REQUEST_DURATION,
+            "End-to-end request duration in seconds (GenAI convention).",
+            latency,
+            ("gen_ai_operation_name", "gen_ai_request_model", "status"),
+        )
+        self.ttft = Histogram(
+            TIME_TO_FIRST_TOKEN,
+            "Time to the first engine output of a streamed request, in seconds (GenAI convention).",
+            latency,
+            ("gen_ai_operation_name", "gen_ai_request_model"),
+        )
+        self.tpot = Histogram(
+            TIME_PER_OUTPUT_TOKEN,
+            "Time per output token after the first, in seconds (GenAI convention).",
+            list(config.token_latency_buckets_s),
+            ("gen_ai_operation_name", "gen_ai_request_model"),
+        )
+        self.token_usage = Histogram(
+            TOKEN_USAGE,
+            "Tokens per request, by gen_ai.token.type (GenAI convention).",
+            list(config.token_buckets),
+            ("gen_ai_operation_name", "gen_ai_request_model", "gen_ai_token_type"),
+        )
+        self.retrieval = Histogram(
+            "llm_serve_retrieval_duration",
+            "Retrieval (embed + vector search) duration in seconds, by collection.",
+            latency,
+            ("collection",),
+        )
+        self.ongoing = Gauge("llm_serve_requests_ongoing", "Requests in this router replica now.", ("route",))
+        self.queued = Gauge(
+            "llm_serve_requests_queued", "Requests waiting for an engine's first output in this router replica.", ()
+        )
+        self.groundedness = Histogram(
+            "llm_serve_rag_groundedness",
+            "Groundedness of sampled RAG answers (share of sentences supported by the retrieved context).",
+            [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+            ("model", "collection"),
+        )
+        self.scored = Counter(
+            "llm_serve_rag_scored", "RAG answers scored online, by verdict (grounded, hallucinated).", ("verdict",)
+        )
+        self.hallucination_rate = Gauge(
+            "llm_serve_rag_hallucination_rate",
+            "Share of recently scored RAG answers below the groundedness threshold (this router replica).",
+            (),
+        )
+
+    def record(self, record: Any) -> None:
+        """One finished request (a RequestRecord) into every series it touches."""
+        if not self.enabled:
+            return
+        try:
+            self._record(record)
+        except Exception as exc:  # metrics must never fail a request
+            logger.warning("metrics recording failed (%s: %s)", type(exc).__name__, exc)
+
+    def _record(self, record: Any) -> None:
+        from llm_serve.telemetry.genai import operation
+
+        model = record.model or "unknown"
+        status = str(record.status)
+        op = operation(record.route)
+        self.requests.inc(1, {"route": record.route, "model": model, "status": status})
+        if record.status >= 400:
+            self.errors.inc(1, {"route": record.route, "model": model, "code": record.error_code or status})
+        self.duration.observe(
+            record.latency_ms / 1000, {"gen_ai_operation_name": op, "gen_ai_request_model": model, "status": status}
+        )
+        for token_type, count in (("input", record.prompt_tokens), ("output", record.completion_tokens)):
+            if count:
+                self.tokens.inc(count, {"model": model, "token_type": token_type})
+                self.token_usage.observe(
+                    count, {"gen_ai_operation_name": op, "gen_ai_request_model": model, "gen_ai_token_type": token_type}
+                )
+        if record.cost_usd:
+            self.cost.inc(record.cost_usd, {"model": model, "key": record.key_name})
+        if record.route != "embeddings" and record.cache != "none":
+            self.cache_lookups.inc(1, {"route": record.route, "model": model, "result": record.cache})
+        if record.ttft_s is not None:
+            tags = {"gen_ai_operation_name": op, "gen_ai_request_model": model}
+            self.ttft.observe(record.ttft_s, tags)
+            if record.completion_tokens > 1:
+                decode_s = record.latency_ms / 1000 - record.ttft_s
+                self.tpot.observe(max(0.0, decode_s) / (record.completion_tokens - 1), tags)
