@@ -118,7 +118,7 @@ async def traced_engine_stream(stream: Any, route: str, request: Any, parent: An
                     id_event = id_event or event
                     if USAGE_MARK in event:
                         usage_event = event
-                    if FINISH_MARK in event:
+                    if FINISH_MARK.search(event):
                         reasons.extend(_finish_reasons(event))
                 elif hasattr(event, "model_dump"):
                     payload = event.model_dump(mode="json")

@@ -2,9 +2,9 @@
 
 Scored off the request path on a sample of answers, so it must be cheap and need no judge model: a
 sentence of the answer counts as supported when most of its content words (stemmed, filler dropped,
-numbers kept: the same normalisation as the semantic cache's lexical check) occur in the retrieved
-context; the answer's groundedness is the share of its sentences that are supported. An answer that
-invents a number, a part name or a step shows up as unsupported sentences. This is the non-LLM proxy
+numbers kept: the same normalisation as the semantic cache's lexical check) and every one of its
+numbers occur in the retrieved context; the answer's groundedness is the share of its sentences that
+are supported. An answer that invents a number, a part name or a step shows up as unsupported sentences. This is the non-LLM proxy
 of ragas' faithfulness (which asks a judge to verify each statement); `llm-serve eval` with a judge
 gives the LLM-judged figure offline. The estimate is exported as a metric (the hallucination rate over
 a window of recent scored answers) and as an event on a span in the request's trace.
@@ -51,7 +51,9 @@ def score_groundedness(answer: str, contexts: list[str], support_threshold: floa
         if not words:
             continue
         checked += 1
-        if len(words & vocabulary) / len(words) >= support_threshold:
+        # Numbers must all be in the context: an invented price, code or duration is the costly kind.
+        numbers_ok = all(w in vocabulary for w in words if any(ch.isdigit() for ch in w))
+        if numbers_ok and len(words & vocabulary) / len(words) >= support_threshold:
             supported += 1
         else:
             unsupported.append(sentence)

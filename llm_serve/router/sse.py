@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,8 @@ from llm_serve.router.errors import OpenAIError, from_engine_error
 DONE_EVENT = "data: [DONE]\n\n"
 # Cheap substring tests decide which events are parsed at all; JSON spacing varies by producer.
 USAGE_MARK = '"usage"'
-FINISH_MARK = '"finish_reason":"'  # a set (non-null) finish reason, as vLLM serializes it
+# A set (non-null) finish reason; a regex because JSON spacing varies by producer.
+FINISH_MARK = re.compile(r'"finish_reason":\s*"')
 ERROR_MARK = '"error"'
 ERROR_PREFIX_LEN = 16
 
@@ -111,7 +113,7 @@ class StreamRelay:
                 event = sse(from_engine_error(event).body())
             if self.events is not None:
                 self.events.append(event)
-            if FINISH_MARK in event:
+            if FINISH_MARK.search(event):
                 self._read_finish(event)
             if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)
