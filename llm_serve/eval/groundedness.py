@@ -4,10 +4,11 @@ Scored off the request path on a sample of answers, so it must be cheap and need
 sentence of the answer counts as supported when most of its content words (stemmed, filler dropped,
 numbers kept: the same normalisation as the semantic cache's lexical check) and every one of its
 numbers occur in the retrieved context; the answer's groundedness is the share of its sentences that
-are supported. An answer that invents a number, a part name or a step shows up as unsupported sentences. This is the non-LLM proxy
-of ragas' faithfulness (which asks a judge to verify each statement); `llm-serve eval` with a judge
-gives the LLM-judged figure offline. The estimate is exported as a metric (the hallucination rate over
-a window of recent scored answers) and as an event on a span in the request's trace.
+are supported. An answer that invents a number, a part name or a step shows up as unsupported
+sentences. This is the non-LLM proxy of ragas' faithfulness (which asks a judge to verify each
+statement); `llm-serve eval` with a judge gives the LLM-judged figure offline. The estimate is
+exported as a metric (the hallucination rate over a window of recent scored answers) and as an event
+on a span in the request's trace.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ class FakeMethod:
     def remote(self, body: Any = None, raw: Any = None) -> Any:
         if self.name != "check_health":
             self.handle.calls.append((self.name, body))
+            self.handle.raw.append(raw)
         return self.handle.behaviour(self.name, body)
 
 
@@ -44,6 +45,7 @@ class FakeHandle:
     def __init__(self, behaviour: Callable[[str, Any], Any]) -> None:
         self.behaviour = behaviour
         self.calls: list[tuple[str, Any]] = []
+        self.raw: list[Any] = []  # the second argument of each call (RawRequestInfo: trace headers)
 
     def options(self, **_: Any) -> FakeHandle:
         return self
