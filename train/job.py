@@ -19,6 +19,7 @@ from typing import Any
 
 from llm_serve.adapters import AdapterInfo, AdapterRegistry
 from llm_serve.config import Config
+from llm_serve.telemetry import tracing
 from train.config import TrainConfig, project_path
 from train.trainer import ADAPTER_DIR, HISTORY_FILE, MODEL_DIR, train_loop_per_worker
 
@@ -74,6 +75,46 @@ def run(
     job_id: str | None = None,
     say: Callable[[str], None] = print,
 ) -> JobResult:
+    """Run a recipe to a published adapter (or saved model), traced as `train {run}` when tracing is on:
+    the workers' data loading, epochs, evaluations and checkpoint saves are its children."""
+    tracing.setup_tracing(config.telemetry.tracing, "train-driver")
+    with tracing.tracer().start_as_current_span(
+        f"train {cfg.name}",
+        attributes={
+            "llm_serve.train.run": cfg.name,
+            "llm_serve.train.base_model": cfg.base_model,
+            "llm_serve.train.method": cfg.method.kind,
+            "llm_serve.train.workers": cfg.scaling.num_workers,
+            "llm_serve.train.job_id": job_id or submission_id() or cfg.name,
+        },
+    ) as span:
+        trace_id = tracing.trace_id_of(span)
+        if trace_id:
+            say(f"trace id: {trace_id}")
+        try:
+            result = _run(cfg, config, address=address, job_id=job_id, say=say)
+            span.set_attributes(
+                {k: v for k, v in _span_metrics(result.metrics).items() if isinstance(v, int | float | str)}
+            )
+            if result.adapter is not None:
+                span.set_attribute("llm_serve.adapter", result.adapter.model_id)
+            return result
+        finally:
+            tracing.flush()
+
+
+def _span_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {f"llm_serve.train.{k}": v for k, v in metrics.items() if v is not None}
+
+
+def _run(
+    cfg: TrainConfig,
+    config: Config,
+    *,
+    address: str | None,
+    job_id: str | None,
+    say: Callable[[str], None],
+) -> JobResult:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -88,7 +129,12 @@ def run(
     storage = cfg.checkpoint.storage_path or str(config.home_path / "train-runs")
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "model_dir": str(model_dir)},
+        train_loop_config={
+            "config": cfg.model_dump(mode="json"),
+            "model_dir": str(model_dir),
+            "tracing": config.telemetry.tracing.model_dump(mode="json") if tracing.enabled() else None,
+            "trace": tracing.carrier(),
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
@@ -126,7 +172,10 @@ def run(
             say(f"full model saved to {model_path}")
         else:
             registry = AdapterRegistry(cfg.output.registry or default_registry(config))
-            adapter = registry.publish(ckpt_dir / ADAPTER_DIR, cfg.output.adapter_name, metadata)
+            with tracing.tracer().start_as_current_span(
+                "train.publish", attributes={"llm_serve.adapter": cfg.output.adapter_name}
+            ):
+                adapter = registry.publish(ckpt_dir / ADAPTER_DIR, cfg.output.adapter_name, metadata)
             say(f"adapter published: {adapter.model_id} in {registry.root}")
     return JobResult(
         metrics=summary(history),

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from llm_serve.telemetry import tracing
 from train.config import TrainConfig, project_path
 
 STATE_FILE = "trainer_state.json"
@@ -78,6 +79,26 @@ def epoch_order(n_rows: int, epoch: int, seed: int, rank: int, world: int) -> li
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: the training loop inside a span that continues the driver's trace."""
+    import ray.train
+    from opentelemetry import trace
+
+    tracing.setup_tracing(loop_config.get("tracing"), "train-worker")
+    ctx = ray.train.get_context()
+    span = tracing.tracer().start_span(
+        f"train.worker {ctx.get_world_rank()}",
+        context=tracing.context_from(loop_config.get("trace")),
+        attributes={"llm_serve.train.rank": ctx.get_world_rank(), "llm_serve.train.world_size": ctx.get_world_size()},
+    )
+    try:
+        with trace.use_span(span, end_on_exit=False, record_exception=True, set_status_on_exception=True):
+            _train_loop(loop_config)
+    finally:
+        span.end()
+        tracing.flush()
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not loop_config["config"]["scaling"]["use_gpu"] else "cuda")
     import numpy as np
     import ray.train
@@ -99,21 +120,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
 
     model_dir = loop_config["model_dir"]
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    examples = load_examples(project_path(cfg.data.path), cfg.data.format)
-    if cfg.data.eval_path:
-        train_ex, eval_ex = examples, load_examples(project_path(cfg.data.eval_path), cfg.data.format)
-    else:
-        train_ex, eval_ex = split(examples, cfg.data.eval_fraction, cfg.seed)
-    train_rows = tokenize_all(train_ex, tokenizer, cfg.data.max_length)
-    eval_rows = tokenize_all(eval_ex, tokenizer, cfg.data.max_length)
+    with tracing.tracer().start_as_current_span("train.data_load") as span:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        examples = load_examples(project_path(cfg.data.path), cfg.data.format)
+        if cfg.data.eval_path:
+            train_ex, eval_ex = examples, load_examples(project_path(cfg.data.eval_path), cfg.data.format)
+        else:
+            train_ex, eval_ex = split(examples, cfg.data.eval_fraction, cfg.seed)
+        train_rows = tokenize_all(train_ex, tokenizer, cfg.data.max_length)
+        eval_rows = tokenize_all(eval_ex, tokenizer, cfg.data.max_length)
+        span.set_attributes({"llm_serve.train.rows": len(train_rows), "llm_serve.train.eval_rows": len(eval_rows)})
     if len(train_rows) < world * cfg.optim.micro_batch_size:
         raise ValueError(f"{len(train_rows)} training examples are fewer than workers x micro_batch_size")
 
-    model = _build_model(cfg, model_dir, AutoModelForCausalLM, torch)
-    micro_per_epoch, total_steps = schedule(len(train_rows), world, cfg)
-    engine = _wrap(cfg, model, world, total_steps)
+    with tracing.tracer().start_as_current_span(
+        "train.model_load", attributes={"llm_serve.train.method": cfg.method.kind}
+    ):
+        model = _build_model(cfg, model_dir, AutoModelForCausalLM, torch)
+        micro_per_epoch, total_steps = schedule(len(train_rows), world, cfg)
+        engine = _wrap(cfg, model, world, total_steps)
 
     step, start_micro, history = 0, 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -134,53 +160,66 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(math.ceil(total_steps * accum / micro_per_epoch) + 1):
         if done:
             break
-        order = epoch_order(len(train_rows), epoch, cfg.seed, rank, world)
-        for b in range(micro_per_epoch):
-            if micro_step < start_micro:  # replaying the data order up to the checkpoint
+        with tracing.tracer().start_as_current_span(f"train.epoch {epoch}") as epoch_span:
+            order = epoch_order(len(train_rows), epoch, cfg.seed, rank, world)
+            for b in range(micro_per_epoch):
+                if micro_step < start_micro:  # replaying the data order up to the checkpoint
+                    micro_step += 1
+                    continue
+                rows = [
+                    train_rows[i] for i in order[b * cfg.optim.micro_batch_size : (b + 1) * cfg.optim.micro_batch_size]
+                ]
+                batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+                loss = engine.train_micro(batch)
+                window_loss += loss
+                window_tokens += count_tokens(rows)
                 micro_step += 1
-                continue
-            rows = [train_rows[i] for i in order[b * cfg.optim.micro_batch_size : (b + 1) * cfg.optim.micro_batch_size]]
-            batch = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
-            loss = engine.train_micro(batch)
-            window_loss += loss
-            window_tokens += count_tokens(rows)
-            micro_step += 1
-            if micro_step % accum:
-                continue
-            step += 1
-            elapsed = time.perf_counter() - window_started
-            # On the collective's device: NCCL (GPU runs) reduces CUDA tensors only.
-            stats = torch.tensor([window_loss / accum, float(window_tokens)], dtype=torch.float64, device=device)
-            dist.all_reduce(stats)
-            metrics = {
-                "step": step,
-                "epoch": epoch,
-                "loss": float(stats[0]) / world,
-                "learning_rate": engine.lr(),
-                "tokens_per_s": float(stats[1]) / max(elapsed, 1e-9),
-            }
-            window_loss, window_tokens, window_started = 0.0, 0, time.perf_counter()
-            last = step >= total_steps
-            # The step that completes the epoch's last micro-batch, or the first one after it.
-            epoch_end = (micro_step // micro_per_epoch) > ((micro_step - accum) // micro_per_epoch)
-            if last or epoch_end:
-                metrics["eval_loss"] = _eval_loss(engine, eval_rows, pad_id, rank, world, device, torch, dist)
-            history.append(metrics)
-            if rank == 0 and (step % cfg.log_every_steps == 0 or last):
-                extra = f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
-                print(
-                    f"[train] step {step}/{total_steps} epoch {epoch} loss {metrics['loss']:.4f} "
-                    f"lr {metrics['learning_rate']:.2e} tokens/s {metrics['tokens_per_s']:.0f}{extra}",
-                    flush=True,
-                )
-            every = cfg.checkpoint.every_n_steps
-            if last or (every and step % every == 0):
-                _checkpoint(cfg, engine, metrics, history, step, micro_step, rank, tokenizer, last)
-            else:
-                ray.train.report(metrics)
-            if last:
-                done = True
-                break
+                if micro_step % accum:
+                    continue
+                step += 1
+                elapsed = time.perf_counter() - window_started
+                # On the collective's device: NCCL (GPU runs) reduces CUDA tensors only.
+                stats = torch.tensor([window_loss / accum, float(window_tokens)], dtype=torch.float64, device=device)
+                dist.all_reduce(stats)
+                metrics = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": float(stats[0]) / world,
+                    "learning_rate": engine.lr(),
+                    "tokens_per_s": float(stats[1]) / max(elapsed, 1e-9),
+                }
+                window_loss, window_tokens, window_started = 0.0, 0, time.perf_counter()
+                last = step >= total_steps
+                # The step that completes the epoch's last micro-batch, or the first one after it.
+                epoch_end = (micro_step // micro_per_epoch) > ((micro_step - accum) // micro_per_epoch)
+                if last or epoch_end:
+                    with tracing.tracer().start_as_current_span(
+                        "train.eval", attributes={"llm_serve.train.step": step}
+                    ):
+                        metrics["eval_loss"] = _eval_loss(engine, eval_rows, pad_id, rank, world, device, torch, dist)
+                history.append(metrics)
+                if rank == 0 and (step % cfg.log_every_steps == 0 or last):
+                    extra = f" eval_loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""
+                    print(
+                        f"[train] step {step}/{total_steps} epoch {epoch} loss {metrics['loss']:.4f} "
+                        f"lr {metrics['learning_rate']:.2e} tokens/s {metrics['tokens_per_s']:.0f}{extra}",
+                        flush=True,
+                    )
+                every = cfg.checkpoint.every_n_steps
+                if last or (every and step % every == 0):
+                    with tracing.tracer().start_as_current_span(
+                        "train.checkpoint", attributes={"llm_serve.train.step": step, "llm_serve.train.final": last}
+                    ):
+                        _checkpoint(cfg, engine, metrics, history, step, micro_step, rank, tokenizer, last)
+                else:
+                    ray.train.report(metrics)
+                if last:
+                    done = True
+                    break
+
+            epoch_span.set_attributes({"llm_serve.train.epoch": epoch, "llm_serve.train.step": step})
+            if history:
+                epoch_span.set_attribute("llm_serve.train.loss", history[-1]["loss"])
 
 
 class _Engine:

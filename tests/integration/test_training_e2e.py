@@ -100,3 +100,31 @@ def test_adapters_list_shows_the_metadata(stack, trained) -> None:
     out = stack.cli("adapters", "list").stdout
     line = next(x for x in out.splitlines() if x.startswith(f"{stack.model}:faq"))
     assert " lora " in line and " 40 " in line
+
+
+def test_training_job_is_traced_from_driver_to_workers(stack, trained) -> None:
+    """The suite's stack traces to the in-memory collector: the job's spans are one trace, the workers'
+    data loading, epochs, evaluations and checkpoint saves under the driver's `train {run}` span."""
+    import time
+
+    import httpx
+
+    trace_id = next(line.split()[-1] for line in trained["log"].splitlines() if "trace id:" in line)
+    wanted = {"train.worker 0", "train.worker 1", "train.data_load", "train.model_load", "train.epoch 0"}
+    wanted |= {"train.eval", "train.checkpoint", "train.publish"}
+    deadline, names, spans = time.monotonic() + 60, set(), []
+    while time.monotonic() < deadline and not wanted <= names:
+        resp = httpx.get(f"{stack.url}/admin/traces/{trace_id}", timeout=10)
+        spans = resp.json().get("spans", []) if resp.status_code == 200 else []
+        names = {s["name"] for s in spans}
+        time.sleep(1)
+    assert wanted <= names, sorted(names)
+    by_id = {s["span_id"]: s for s in spans}
+    root = next(s for s in spans if s["name"].startswith("train faq-lora-"))
+    assert root["parent_span_id"] is None and root["attributes"]["llm_serve.adapter"] == f"{stack.model}:faq"
+    for worker in (s for s in spans if s["name"].startswith("train.worker")):
+        assert worker["parent_span_id"] == root["span_id"]
+        assert worker["resource"]["llm_serve.component"] == "train-worker"
+    for span in spans:
+        if span["name"].startswith(("train.epoch", "train.data_load", "train.checkpoint")):
+            assert by_id[span["parent_span_id"]]["name"].startswith(("train.worker", "train.epoch"))

@@ -279,3 +279,18 @@ async def test_monitor_exports_the_rate_and_a_span_event(recorded: dict[str, Rec
     assert event["name"] == GROUNDEDNESS_EVENT and event["attributes"]["llm_serve.groundedness.hallucinated"]
     assert spans["groundedness kb"]["parent_span_id"] == spans["chat x"]["span_id"]
     assert not GroundednessMonitor(GroundednessMonitorConfig(sample_rate=0.0), metrics).sample()
+
+
+def test_grafana_dashboard_queries_only_series_we_export(recorded: dict[str, Recorder]) -> None:
+    """The dashboard is hand-maintained JSON: every metric it queries must be one ServingMetrics defines."""
+    import json
+    import re
+    from pathlib import Path
+
+    ServingMetrics()
+    dashboard = json.loads((Path(__file__).parents[2] / "cluster" / "grafana" / "llm-serve-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    queried = {re.sub(r"_(bucket|total)$", "", name) for e in exprs for name in re.findall(r"\bray_(\w+)", e)}
+    assert queried and queried <= set(recorded), sorted(queried - set(recorded))
+    assert set(recorded) <= queried, f"exported but not on the dashboard: {sorted(set(recorded) - queried)}"
