@@ -1,0 +1,158 @@
+"""Evaluation sets: JSONL, one question per line, validated completely before any request is sent.
+
+As with fine-tuning data (train/data.py), every problem is reported at once with its `file:line`,
+because finding the third bad line only after the first two were fixed, each time after a run
+against a slow endpoint, wastes far more time than reading one complete list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KNOWN_KEYS = frozenset({"id", "question", "reference", "reference_contexts", "variables", "must_contain"})
+
+
+class DatasetError(ValueError):
+    """A dataset the user must fix; each entry of `errors` names the file and 1-based line."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or [message]
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One question with what it is scored against."""
+
+    line: int
+    id: str
+    question: str
+    reference: str | None = None
+    reference_contexts: tuple[str, ...] = ()
+    variables: dict[str, Any] | None = None
+    must_contain: tuple[str, ...] = ()
+
+    def prompt_variables(self) -> dict[str, Any]:
+        """What a registry prompt is rendered with: the row's own `variables`, else the question.
+
+        The row's object replaces the default instead of extending it, because prompts that forbid
+        extra variables (ticket-triage takes only `ticket`) would reject an added `question`.
+        """
+        return dict(self.variables) if self.variables is not None else {"question": self.question}
+
+
+def _text(value: Any, what: str) -> str | None:
+    if not isinstance(value, str):
+        return f"{what} must be a string, got {type(value).__name__}"
+    if not value.strip():
+        return f"{what} is empty"
+    return None
+
+
+def _texts(value: Any, what: str) -> str | None:
+    if not isinstance(value, list) or not value:
+        return f"{what} must be a non-empty list of strings"
+    for i, item in enumerate(value):
+        if (problem := _text(item, f"{what}[{i}]")) is not None:
+            return problem
+    return None
+
+
+def _parse(obj: dict[str, Any], n: int) -> tuple[EvalRow | None, list[str]]:
+    problems: list[str] = []
+    unknown = sorted(set(obj) - KNOWN_KEYS)
+    if unknown:
+        problems.append(f"unknown key(s) {unknown} (allowed: {sorted(KNOWN_KEYS)})")
+    if "question" not in obj:
+        problems.append("missing 'question'")
+    elif (problem := _text(obj["question"], "'question'")) is not None:
+        problems.append(problem)
+    if "reference" in obj and (problem := _text(obj["reference"], "'reference'")) is not None:
+        problems.append(problem)
+    for key in ("reference_contexts", "must_contain"):
+        if key in obj and (problem := _texts(obj[key], f"'{key}'")) is not None:
+            problems.append(problem)
+    if "variables" in obj and not isinstance(obj["variables"], dict):
+        problems.append(f"'variables' must be an object, got {type(obj['variables']).__name__}")
+    row_id = obj.get("id", n)
+    if not isinstance(row_id, str | int) or isinstance(row_id, bool):
+        problems.append(f"'id' must be a string or an integer, got {type(row_id).__name__}")
+    if problems:
+        return None, problems
+    return (
+        EvalRow(
+            line=n,
+            id=str(row_id),
+            question=obj["question"],
+            reference=obj.get("reference"),
+            reference_contexts=tuple(obj.get("reference_contexts") or ()),
+            variables=obj.get("variables"),
+            must_contain=tuple(obj.get("must_contain") or ()),
+        ),
+        [],
+    )
+
+
+def load_dataset(path: str | Path, limit: int | None = None, max_listed: int = 20) -> list[EvalRow]:
+    """Read and validate the whole file (even past `limit`: a bad file is bad however much of it runs)."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{source}: cannot read dataset: {exc.strerror or exc}") from exc
+
+    errors: list[str] = []
+    dropped = 0
+
+    def report(line: int, message: str) -> None:
+        nonlocal dropped
+        if len(errors) < max_listed:
+            errors.append(f"{source}:{line}: {message}")
+        else:
+            dropped += 1
+
+    rows: list[EvalRow] = []
+    first_line_of: dict[str, int] = {}
+    for n, raw_line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = raw_line.decode("utf-8").strip()
+        except UnicodeDecodeError as exc:
+            report(n, f"not valid UTF-8 (byte {exc.start})")
+            continue
+        if not text:
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            report(n, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        if not isinstance(obj, dict):
+            report(n, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        row, problems = _parse(obj, n)
+        for problem in problems:
+            report(n, problem)
+        if row is None:
+            continue
+        if row.id in first_line_of:  # results are keyed by id: a duplicate would hide a row
+            report(n, f"duplicate id {row.id!r} (first on line {first_line_of[row.id]})")
+            continue
+        first_line_of[row.id] = n
+        rows.append(row)
+
+    if errors:
+        if dropped:
+            errors.append(f"{source}: ... and {dropped} more error(s) not shown")
+        raise DatasetError("\n".join(errors), errors)
+    if not rows:
+        raise DatasetError(f"{source}: no rows (the file is empty)")
+    return rows[:limit] if limit else rows
+
+
+def file_digest(path: str | Path) -> str:
+    """Short content hash recorded with the results, so a score can be traced to the exact questions."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
