@@ -294,3 +294,15 @@ def test_grafana_dashboard_queries_only_series_we_export(recorded: dict[str, Rec
     queried = {re.sub(r"_(bucket|total)$", "", name) for e in exprs for name in re.findall(r"\bray_(\w+)", e)}
     assert queried and queried <= set(recorded), sorted(queried - set(recorded))
     assert set(recorded) <= queried, f"exported but not on the dashboard: {sorted(set(recorded) - queried)}"
+
+
+def test_otlp_exporters_are_built_from_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_serve.config import TracingConfig
+
+    http = tracing._exporter(TracingConfig(enabled=True, endpoint="http://collector:4318", headers={"x-k": "v"}))
+    assert http._endpoint == "http://collector:4318/v1/traces" and http._client._headers["x-k"] == "v"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://from-env:4318/v1/traces")
+    assert tracing._exporter(TracingConfig(enabled=True))._endpoint == "http://from-env:4318/v1/traces"
+    grpc = tracing._exporter(TracingConfig(enabled=True, protocol="grpc", endpoint="collector:4317"))
+    assert type(grpc).__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
+    assert not tracing.setup_tracing({"enabled": False}, "router") and not tracing.enabled()
