@@ -54,10 +54,7 @@ def measure_server(server: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Start, warm up, run every scenario that applies, stop; summaries and records per scenario."""
     _say(f"starting {server.name}")
     started = time.monotonic()
-    server.start()
-    first_answer(server.url, server.model)
-    out: dict[str, Any] = {"startup_s": time.monotonic() - started, "scenarios": {}}
-    _say(f"{server.name} answered after {out['startup_s']:.0f} s")
+    out: dict[str, Any] = {"scenarios": {}}
     extra = server.extra_body
 
     def record(name: str, records: list[Any], wall: float) -> None:
@@ -97,7 +94,11 @@ def measure_server(server: Any, args: argparse.Namespace) -> dict[str, Any]:
         plain = [replace(s, extra={"cache": False}) for s in rag]  # the same questions without retrieval
         record("rag-questions-no-retrieval-c4", *await run_concurrency(server.url, server.model, plain, 4))
 
-    try:
+    try:  # a server that fails to start is stopped too: it may have left a Ray head running
+        server.start()
+        first_answer(server.url, server.model)
+        out["startup_s"] = time.monotonic() - started
+        _say(f"{server.name} answered after {out['startup_s']:.0f} s")
         if server.name == OURS:
             ingest(server)
         asyncio.run(run())

@@ -132,7 +132,7 @@ config = parse_config(args["config"])
 ray.init(address=args["address"], log_to_driver=False)
 serve.start(http_options={"host": "127.0.0.1", "port": args["port"]})
 llm_config = build_llm_config(config.models[0], args["model_dir"])
-serve.run(build_openai_app({"llm_configs": [llm_config]}), name="ray-serve-llm", _blocking=False)
+serve.run(build_openai_app({"llm_configs": [llm_config]}), name="ray-serve-llm")
 """
 
 

@@ -108,25 +108,28 @@ async def traced_engine_stream(stream: Any, route: str, request: Any, parent: An
     usage_event = id_event = None
     reasons: list[str] = []
     try:
-        async for item in stream:
-            if first:
-                span.add_event(genai.FIRST_TOKEN_EVENT)
-                first = False
-            events = item if isinstance(item, list) else [item]
-            for event in events:
-                if isinstance(event, str):
-                    id_event = id_event or event
-                    if USAGE_MARK in event:
-                        usage_event = event
-                    if FINISH_MARK.search(event):
-                        reasons.extend(_finish_reasons(event))
-                elif hasattr(event, "model_dump"):
-                    payload = event.model_dump(mode="json")
-                    if "error" in payload:
-                        span.set_status(Status(StatusCode.ERROR))
-                        span.set_attribute(genai.ERROR_TYPE, str((payload["error"] or {}).get("type") or "error"))
-                    span.set_attributes(genai.response_attributes(payload))
-            yield item
+        # Closing the engine's generator when we are closed (client gone) stops its generation too.
+        closing = contextlib.aclosing(stream) if hasattr(stream, "aclose") else contextlib.nullcontext()
+        async with closing:
+            async for item in stream:
+                if first:
+                    span.add_event(genai.FIRST_TOKEN_EVENT)
+                    first = False
+                events = item if isinstance(item, list) else [item]
+                for event in events:
+                    if isinstance(event, str):
+                        id_event = id_event or event
+                        if USAGE_MARK in event:
+                            usage_event = event
+                        if FINISH_MARK.search(event):
+                            reasons.extend(_finish_reasons(event))
+                    elif hasattr(event, "model_dump"):
+                        payload = event.model_dump(mode="json")
+                        if "error" in payload:
+                            span.set_status(Status(StatusCode.ERROR))
+                            span.set_attribute(genai.ERROR_TYPE, str((payload["error"] or {}).get("type") or "error"))
+                        span.set_attributes(genai.response_attributes(payload))
+                yield item
     except BaseException as exc:
         span.set_status(Status(StatusCode.ERROR))
         span.set_attribute(genai.ERROR_TYPE, type(exc).__name__)

@@ -107,4 +107,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return OpenAIError(500, f"internal error ({type(exc).__name__})", code="internal_error").response()
+        response = OpenAIError(500, f"internal error ({type(exc).__name__})", code="internal_error").response()
+        trace_id = request.scope.get("state", {}).get("trace_id")
+        if trace_id:  # the tracing middleware's span has ended by now; its id is what support needs
+            response.headers["x-trace-id"] = trace_id
+        return response

@@ -88,6 +88,9 @@ class RequestRecord:
     accounted: bool = False
     estimated_prompt_tokens: int = 0
     error_code: str | None = None  # the OpenAI error code of a failed request (the errors metric's label)
+    # Whether `model` names a configured pool: only then may it label metrics and name spans (a client
+    # can send any string as `model`, and unbounded label values would swamp Prometheus).
+    model_known: bool = False
     ttft_s: float | None = None  # streamed requests: time to the engine's first output
     span: Span | None = None  # the request's `chat {model}` span, ended when the request is accounted
     trace_id: str | None = None
@@ -181,6 +184,7 @@ class Router:
         self.metrics = ServingMetrics(self.config.telemetry.metrics)
         self.monitor = GroundednessMonitor(self.config.telemetry.groundedness, self.metrics)
         self.ongoing: dict[str, int] = {}
+        self._span_collector: Any = None
         self.waiting_first = 0
         self.created = int(time.time())
         self.api = _protocol()
@@ -267,7 +271,7 @@ class Router:
             "coalescing": {"engine_calls": self.coalescer.calls, "joined": self.coalescer.joined},
         }
 
-    def _collector(self) -> Any:
+    async def _collector(self) -> Any:
         if not (self.config.telemetry.tracing.enabled and self.config.telemetry.tracing.exporter == "memory"):
             raise OpenAIError(
                 404,
@@ -275,9 +279,9 @@ class Router:
                 "otherwise look them up in your tracing backend",
                 code="traces_unavailable",
             )
-        return self._collector_store()
+        return await self._collector_store()
 
-    def _collector_store(self) -> Any:
+    async def _collector_store(self) -> Any:
         import ray
 
         from llm_serve.telemetry.collector import collector_handle, local_store
@@ -285,7 +289,11 @@ class Router:
         if not ray.is_initialized():
             store = local_store(self.config.telemetry.tracing.memory_max_spans)
             return store.trace, store.recent_traces
-        actor = collector_handle(self.config.telemetry.tracing.memory_max_spans)
+        if self._span_collector is None:  # a GCS lookup: once, and off the event loop
+            self._span_collector = await asyncio.to_thread(
+                collector_handle, self.config.telemetry.tracing.memory_max_spans
+            )
+        actor = self._span_collector
 
         async def trace_of(trace_id: str) -> list[dict[str, Any]]:
             return await actor.trace.remote(trace_id)
@@ -298,14 +306,14 @@ class Router:
     async def admin_traces(self, request: Request) -> dict[str, Any]:
         """The most recent trace ids held by the in-memory span collector (newest first)."""
         self._admin(request)
-        _, recent = self._collector()
+        _, recent = await self._collector()
         ids = recent(20)
         return {"object": "list", "data": await ids if asyncio.iscoroutine(ids) else ids}
 
     async def admin_trace(self, trace_id: str, request: Request) -> dict[str, Any]:
         """Every span of one trace, from every process, oldest first (the in-memory collector)."""
         self._admin(request)
-        trace_of, _ = self._collector()
+        trace_of, _ = await self._collector()
         spans = trace_of(trace_id.lower())
         spans = await spans if asyncio.iscoroutine(spans) else spans
         if not spans:
@@ -398,16 +406,27 @@ class Router:
             )
         body, texts = parse_embedding_request(data, config.max_inputs_per_request)
         record = RequestRecord(
-            request_id=_request_id(request), route="embeddings", model=model_id, stream=False, key_name=caller.name
+            request_id=_request_id(request),
+            route="embeddings",
+            model=model_id,
+            stream=False,
+            key_name=caller.name,
+            model_known=True,
         )
         self._begin(record, {genai.OPERATION: "embeddings", genai.REQUEST_MODEL: model_id})
         try:
             with _current(record.span):
                 return await self._embed(caller, record, model_id, body, texts)
-        finally:
-            if not record.accounted:  # cancelled, or a failure no handler expected: still one row
-                record.finish(499 if not record.finished else record.status, record.error or "not completed")
+        except asyncio.CancelledError:
+            if not record.accounted:
+                record.finish(499, "client disconnected")
                 await asyncio.shield(self._account(record))
+            raise
+        except Exception as exc:  # answered as a 500 by the error handler; still one ledger row
+            if not record.accounted:
+                record.finish(500, f"{type(exc).__name__}: {exc}", "internal_error")
+                await self._account(record)
+            raise
 
     async def _embed(
         self, caller: Caller, record: RequestRecord, model_id: str, body: Any, texts: list[str]
@@ -486,6 +505,8 @@ class Router:
             return
         if exc is not None and (not record.finished or record.status < 400):
             record.finish(exc.status, exc.message, exc.code)
+        elif exc is not None and record.error_code is None:
+            record.error_code = exc.code
         record.accounted = True
         self._end(record)
         record.log()
@@ -508,7 +529,9 @@ class Router:
     def _begin(self, record: RequestRecord, attributes: dict[str, Any]) -> None:
         """Open the request's GenAI span (a child of the ingress span) and count it as ongoing."""
         record.span = tracing.tracer().start_span(
-            genai.span_name(record.route, record.model or None), kind=SpanKind.CLIENT, attributes=attributes
+            genai.span_name(record.route, record.model if record.model_known else None),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
         )
         record.trace_id = tracing.trace_id_of(record.span)
         self._gauge_ongoing(record.route, +1)
@@ -528,6 +551,8 @@ class Router:
             span.end()
             return
         served = f"{record.model}:{record.adapter}" if record.adapter else record.model
+        if not record.model_known:
+            served = ""
         span.update_name(genai.span_name(record.route, served or None))
         attributes: dict[str, Any] = {
             genai.INPUT_TOKENS: record.prompt_tokens,
@@ -626,7 +651,7 @@ class Router:
             await asyncio.shield(self._account(record))
             raise
         except Exception as exc:  # answered as a 500 by the error handler; still one ledger row
-            record.finish(500, f"{type(exc).__name__}: {exc}")
+            record.finish(500, f"{type(exc).__name__}: {exc}", "internal_error")
             await self._account(record)
             raise
         if record.finished:  # streams from an engine are accounted by _stream, before their [DONE]
@@ -665,7 +690,7 @@ class Router:
             candidates = [base]
         else:
             candidates = route_candidates(self.config, requested, caller, data)
-        record.model = candidates[0]
+        record.model, record.model_known = candidates[0], True
         record.adapter = adapter.name if adapter is not None else None
         data["model"] = adapter.model_id if adapter is not None else candidates[0]
         if route != "chat" and (rag_raw is not None or alias is not None):
@@ -932,8 +957,20 @@ class Router:
             on_usage=lambda usage: {"cost_usd": self._stream_cost(record, usage)},
             collect=keep,
         )
-        return StreamingResponse(
+
+        async def settle() -> None:
+            """The request's accounting when its body never ran to the end (or never started at all)."""
+            if record.accounted:
+                return
+            abandon(relay.upstream)
+            if not record.finished:
+                record.finish(499, "client disconnected", "client_disconnected")
+            self._settle_stream(relay, record)
+            await self._account(record)
+
+        return SettledStreamingResponse(
             self._stream(relay, record, lookup if fill else None, body),
+            settle=settle,
             media_type="text/event-stream",
             headers={**self._headers(record), "cache-control": "no-cache"},
         )
@@ -1103,6 +1140,28 @@ class AdapterCatalog:
         return named[0] if len(named) == 1 else None
 
 
+class SettledStreamingResponse(StreamingResponse):
+    """A streamed response that always settles its request (ledger row, span, gauges).
+
+    The relay generator accounts for itself when it runs, but Starlette may never start it: the
+    client can vanish, or the task be cancelled, between the response head and the first body chunk,
+    and a generator that never started runs no `finally`. So the response closes its body iterator
+    and calls `settle` after sending, however sending ended.
+    """
+
+    def __init__(self, content: Any, *, settle: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._settle = settle
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.body_iterator.aclose()  # type: ignore[union-attr]
+            await asyncio.shield(self._settle())
+
+
 @dataclass
 class CacheLookup:
     """One request's cache coordinates, carried from lookup to fill."""
@@ -1136,9 +1195,9 @@ def _request_id(request: Request) -> str:
 def call_failed(record: RequestRecord, exc: Exception, what: str) -> OpenAIError:
     """The client's answer when a call to a deployment times out (504) or fails (503); recorded and logged."""
     if isinstance(exc, TimeoutError):
-        record.finish(504, "timeout")
+        record.finish(504, "timeout", "timeout")
         return OpenAIError(504, f"no response from {what} in time", code="timeout")
-    record.finish(503, type(exc).__name__)
+    record.finish(503, type(exc).__name__, "engine_unavailable")
     logger.error("call to %s failed for %s: %s: %s", what, record.request_id, type(exc).__name__, exc)
     return OpenAIError(503, f"{what} is unavailable ({type(exc).__name__})", code="engine_unavailable")
 
@@ -1160,7 +1219,10 @@ def _sanitize_messages(body: Any) -> Any:
 
 def _current(span: Span | None) -> Any:
     """Make `span` the current one for a block (children nest under it) without ending it on exit."""
-    return trace.use_span(span, end_on_exit=False) if span is not None else contextlib.nullcontext()
+    if span is None:
+        return contextlib.nullcontext()
+    # A 4xx is an answer, not a crash: the request's status (set in _end) says how it ended.
+    return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
 
 
 def engine_request_info(record: RequestRecord) -> Any:
@@ -1168,9 +1230,9 @@ def engine_request_info(record: RequestRecord) -> Any:
     RawRequestInfo headers (None when there is nothing to carry)."""
     if record.span is None or not record.span.is_recording():
         return None
-    headers = tracing.carrier()
+    headers = tracing.carrier(record.span)
     if not headers:
         return None
     from ray.llm._internal.serve.core.protocol import RawRequestInfo
 
-    return RawRequestInfo(headers={**headers, REQUEST_ID_HEADER: record.request_id})
+    return RawRequestInfo(headers=headers)

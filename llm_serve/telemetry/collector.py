@@ -124,6 +124,7 @@ class CollectorExporter(SpanExporter):
     def __init__(self, max_spans: int) -> None:
         self.max_spans = max_spans
         self._actor: Any = None
+        self._last: Any = None  # the previous batch's result: a dead collector shows up there
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         batch = [span_dict(s) for s in spans]
@@ -133,13 +134,18 @@ class CollectorExporter(SpanExporter):
             if not ray.is_initialized():
                 local_store(self.max_spans).add(batch)
                 return SpanExportResult.SUCCESS
+            if self._last is not None:
+                done, _ = ray.wait([self._last], timeout=0)
+                if done:
+                    self._last = None
+                    ray.get(done[0])  # raises if the collector died: look it up (or recreate it) below
             if self._actor is None:
                 self._actor = collector_handle(self.max_spans)
-            self._actor.add.remote(batch)
+            self._last = self._actor.add.remote(batch)
             return SpanExportResult.SUCCESS
         except Exception as exc:  # a broken collector must never break serving
             logger.warning("span export to the collector failed (%s: %s)", type(exc).__name__, exc)
-            self._actor = None
+            self._actor = self._last = None
             return SpanExportResult.FAILURE
 
     def shutdown(self) -> None:

@@ -56,21 +56,29 @@ def span_name(route: str, model: str | None) -> str:
 
 
 def request_attributes(route: str, body: Any) -> dict[str, Any]:
-    """The request-side attributes of an inference span, read off a vLLM request object or a dict."""
+    """The request-side attributes of an inference span, read off a vLLM request object or a dict.
+
+    Called on the raw request JSON before validation, so it takes only well-typed values and never
+    raises: telling the client what is wrong with its request is validation's job, not the span's.
+    """
     get = body.get if isinstance(body, dict) else (lambda name: getattr(body, name, None))
     attrs: dict[str, Any] = {OPERATION: operation(route), PROVIDER: PROVIDER_NAME}
     model = get("model")
-    if model:
-        attrs[REQUEST_MODEL] = str(model)
+    if isinstance(model, str) and model:
+        attrs[REQUEST_MODEL] = model
     for field, key in _REQUEST_PARAMS.items():
         value = get(field)
         if value is None or key in attrs:
             continue
         if field == "stop":
-            value = [value] if isinstance(value, str) else [str(v) for v in value]
-            if not value:
+            if isinstance(value, str):
+                value = [value]
+            elif not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
                 continue
-        elif field == "n" and value == 1:
+        elif field == "stream":
+            if not isinstance(value, bool):
+                continue
+        elif not isinstance(value, int | float) or isinstance(value, bool) or (field == "n" and value == 1):
             continue
         attrs[key] = value
     return attrs

@@ -52,13 +52,14 @@ class TracingMiddleware:
             kind=SpanKind.SERVER,
             attributes={
                 "http.request.method": method,
-                "http.route": route,
                 "url.path": path,
                 "url.scheme": scope.get("scheme", "http"),
                 "user_agent.original": headers.get("user-agent", ""),
             },
         )
         trace_id = tracing.trace_id_of(span)
+        # For the 500 handler, which runs outside this middleware (Starlette's ServerErrorMiddleware).
+        scope.setdefault("state", {})["trace_id"] = trace_id
         token = otel_context.attach(trace.set_span_in_context(span))
         ended = False
 
@@ -67,6 +68,11 @@ class TracingMiddleware:
             if ended:
                 return
             ended = True
+            # The matched route's template names the span; unmatched paths (scanners) stay nameless.
+            template = getattr(scope.get("route"), "path", None)
+            span.update_name(f"{method} {template}" if template else method)
+            if template:
+                span.set_attribute("http.route", template)
             if status is not None:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:

@@ -130,7 +130,7 @@ class ServingMetrics:
     def _record(self, record: Any) -> None:
         from llm_serve.telemetry.genai import operation
 
-        model = record.model or "unknown"
+        model = record.model if record.model_known and record.model else "unknown"
         status = str(record.status)
         op = operation(record.route)
         self.requests.inc(1, {"route": record.route, "model": model, "status": status})

@@ -51,6 +51,8 @@ def setup_tracing(config: TracingConfig | dict[str, Any] | None, component: str)
     `component` (router, engine, embedder, train-worker, ...) becomes `service.instance.id`-like
     resource attribute `llm_serve.component`, so one service's processes stay tellable apart.
     """
+    if _State.provider is not None:  # the per-request path (engine replicas) stops here
+        return True
     if config is None:
         return False
     cfg = config if isinstance(config, TracingConfig) else TracingConfig.model_validate(config)

@@ -6,12 +6,14 @@ suite checks the same trace across real Serve replicas through the cluster-wide 
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import ClientDisconnect
 
 from llm_serve.config import GroundednessMonitorConfig, parse_config
 from llm_serve.engine.lora_server import traced_engine_stream
@@ -121,8 +123,10 @@ async def test_content_only_when_opted_in_and_errors_marked() -> None:
     assert f"answer from {A}" in gen["attributes"]["gen_ai.output.messages"]
     assert bad.status_code == 404
     failed = spans_of(bad.headers["x-trace-id"])
-    assert failed["chat nope"]["status"] == "ERROR"
-    assert failed["chat nope"]["attributes"]["error.type"] == "model_not_found"
+    # An unknown model names no span (clients choose it: unbounded names); the attribute keeps it.
+    assert failed["chat"]["status"] == "ERROR" and failed["chat"]["attributes"]["gen_ai.request.model"] == "nope"
+    assert failed["chat"]["attributes"]["error.type"] == "model_not_found"
+    assert not failed["chat"]["events"]  # a 4xx is an answer, not an exception with a stack trace
     assert failed["POST /v1/chat/completions"]["attributes"]["http.response.status_code"] == 404
 
 
@@ -209,7 +213,7 @@ async def test_metrics_follow_each_request(recorded: dict[str, Recorder]) -> Non
         await client.post("/v1/chat/completions", json=chat("nope"))
     statuses = [(v, t["status"]) for v, t in recorded["llm_serve_requests"].values]
     assert statuses == [(1, "200"), (1, "200"), (1, "404")]
-    assert [t["code"] for _, t in recorded["llm_serve_errors"].values] == ["model_not_found"]
+    assert [(t["code"], t["model"]) for _, t in recorded["llm_serve_errors"].values] == [("model_not_found", "unknown")]
     assert [t["result"] for _, t in recorded["llm_serve_cache_lookups"].values] == ["miss", "hit"]
     assert len(recorded[metrics_module.TIME_TO_FIRST_TOKEN].values) == 1  # streams only
     assert len(recorded[metrics_module.TIME_PER_OUTPUT_TOKEN].values) == 1
@@ -306,3 +310,50 @@ def test_otlp_exporters_are_built_from_config(monkeypatch: pytest.MonkeyPatch) -
     grpc = tracing._exporter(TracingConfig(enabled=True, protocol="grpc", endpoint="collector:4317"))
     assert type(grpc).__module__.startswith("opentelemetry.exporter.otlp.proto.grpc")
     assert not tracing.setup_tracing({"enabled": False}, "router") and not tracing.enabled()
+
+
+async def test_malformed_parameters_stay_a_validation_error_and_unmatched_paths_name_no_route() -> None:
+    client, _, _ = build({"enabled": True})
+    async with client:
+        bad = await client.post("/v1/chat/completions", json=chat(A, stop=5, temperature="hot"))
+        scan = await client.get("/wp-login.php")
+    assert bad.status_code in (400, 422) and bad.json()["error"]["type"] == "invalid_request_error"
+    assert scan.status_code == 404
+    spans = spans_of(scan.headers["x-trace-id"])
+    assert list(spans) == ["GET"] and "http.route" not in spans["GET"]["attributes"]
+
+
+async def test_stream_whose_body_never_starts_is_still_settled(recorded: dict[str, Recorder]) -> None:
+    """The client is gone before the first body chunk: the ledger row, span and gauges still settle."""
+    _, _, router = build({"enabled": True})
+    app = router.build_asgi_app()
+    body = json.dumps(chat(A, stream=True)).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("client went away")
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    with pytest.raises((OSError, ClientDisconnect)):  # Starlette re-raises the failed send as ClientDisconnect
+        await app(scope, receive, send)
+    rows = await router.state.call("recent", 10, None)
+    assert [(r["status"], r["stream"]) for r in rows] == [(499, True)]
+    assert router.ongoing["chat"] == 0
+    assert [t["status"] for _, t in recorded["llm_serve_requests"].values] == ["499"]
