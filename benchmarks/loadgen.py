@@ -149,7 +149,14 @@ def _client(concurrency: int) -> httpx.AsyncClient:
 
 
 async def run_concurrency(
-    url: str, model: str, specs: list[RequestSpec], concurrency: int, *, label: str = "", progress: bool = True
+    url: str,
+    model: str,
+    specs: list[RequestSpec],
+    concurrency: int,
+    *,
+    label: str = "",
+    progress: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[Record], float]:
     """Closed loop: `concurrency` clients, each sending its next request when its last one ends."""
     queue: asyncio.Queue[RequestSpec] = asyncio.Queue()
@@ -165,7 +172,7 @@ async def run_concurrency(
                     spec = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                record = await one_request(client, url, model, spec)
+                record = await one_request(client, url, model, spec, headers)
                 records.append(record)
                 bar.add(record)
 
@@ -197,6 +204,7 @@ async def run_rate(
     seed: int = 0,
     label: str = "",
     progress: bool = True,
+    headers: dict[str, str] | None = None,
 ) -> tuple[list[Record], float]:
     """Open loop: requests sent on a (Poisson or gamma) schedule whether or not earlier ones finished."""
     records: list[Record] = []
@@ -206,10 +214,10 @@ async def run_rate(
 
         async def send(spec: RequestSpec) -> None:
             if limit is None:
-                record = await one_request(client, url, model, spec)
+                record = await one_request(client, url, model, spec, headers)
             else:
                 async with limit:
-                    record = await one_request(client, url, model, spec)
+                    record = await one_request(client, url, model, spec, headers)
             records.append(record)
             bar.add(record)
 
@@ -328,6 +336,7 @@ def line(name: str, s: dict[str, Any]) -> str:
         f"{name:28} {s['output_tokens_per_s']:7.1f} out tok/s  {s['requests_per_s']:5.2f} req/s  "
         f"TTFT p50/p99 {ms('ttft_ms_p50')}/{ms('ttft_ms_p99')} ms  TPOT p50/p99 {ms('tpot_ms_p50')}/"
         f"{ms('tpot_ms_p99')} ms  errors {s['errors']}{good}"
+        + (f"  (first error: {s['first_errors'][0]})" if s["errors"] else "")
     )
 
 
@@ -351,9 +360,10 @@ def plot(points: list[dict[str, Any]], out: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     xs = [p["output_tokens_per_s"] for p in points]
     for ax, key, label in ((axes[0], "ttft_ms", "TTFT"), (axes[1], "e2el_ms", "E2E latency")):
+        measured = [(x, p) for x, p in zip(xs, points, strict=True) if p[f"{key}_p50"] is not None]  # not all-errors
         for q, style in ((50, "o-"), (99, "s--")):
-            ax.plot(xs, [p[f"{key}_p{q}"] for p in points], style, label=f"p{q}")
-        for p, x in zip(points, xs, strict=True):
+            ax.plot([x for x, _ in measured], [p[f"{key}_p{q}"] for _, p in measured], style, label=f"p{q}")
+        for x, p in measured:
             ax.annotate(p["level"], (x, p[f"{key}_p50"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel("output tokens/s")
         ax.set_ylabel(f"{label} (ms)")
@@ -386,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write summaries and per-request records (JSON) here, plus a PNG")
     args = parser.parse_args(argv)
     slos = parse_slos(args.goodput)
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else None
     levels = [("concurrency", c) for c in args.concurrency] + [("rate", r) for r in args.request_rate]
     if not levels:
         levels = [("concurrency", 1), ("concurrency", 16)]
@@ -402,13 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if args.warmup:
-        asyncio.run(run_concurrency(args.url, args.model, specs_for(args.warmup, 10_000), 2, label="warm-up"))
+        warm = specs_for(args.warmup, 10_000)
+        asyncio.run(run_concurrency(args.url, args.model, warm, 2, label="warm-up", headers=headers))
     results = []
     for i, (mode, value) in enumerate(levels):
         n = args.num_requests or max(16, 4 * int(value if mode == "concurrency" else value * 4))
         specs = specs_for(n, args.seed + i)
         label = f"c={value}" if mode == "concurrency" else f"rate={value}/s"
-        kwargs: dict[str, Any] = {"label": label}
+        kwargs: dict[str, Any] = {"label": label, "headers": headers}
         if mode == "concurrency":
             kwargs["concurrency"] = int(value)
         else:

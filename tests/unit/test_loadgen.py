@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 import statistics
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from starlette.responses import StreamingResponse
 
-from benchmarks.loadgen import Record, arrival_gaps, parse_slos, request_body, summarize
+from benchmarks.loadgen import Record, arrival_gaps, main, parse_slos, request_body, summarize
 from benchmarks.workloads import build_workload
 
 
@@ -57,3 +67,61 @@ def test_bad_slo_is_refused() -> None:
     assert parse_slos(["ttft:500", "tpot:50"]) == {"ttft": 500.0, "tpot": 50.0}
     with pytest.raises(SystemExit):
         parse_slos(["latency:5"])
+
+
+# ---- the command line against a stand-in streaming server ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sse_server() -> Iterator[str]:
+    """A tiny OpenAI-style streaming endpoint: `max_tokens` content chunks, then usage, then [DONE]."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> StreamingResponse:
+        body = await request.json()
+        if request.headers.get("authorization") != "Bearer sk-test":
+            return StreamingResponse(iter([b""]), status_code=401)
+
+        async def events() -> AsyncIterator[str]:
+            head = {"id": "c", "object": "chat.completion.chunk", "model": body["model"]}
+            for i in range(body["max_tokens"]):
+                await asyncio.sleep(0.001)
+                yield "data: " + json.dumps({**head, "choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}) + "\n\n"
+            usage = {
+                "prompt_tokens": 7,
+                "completion_tokens": body["max_tokens"],
+                "total_tokens": 7 + body["max_tokens"],
+            }
+            yield "data: " + json.dumps({**head, "choices": [], "usage": usage}) + "\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(5)
+
+
+def test_command_line_runs_levels_and_writes_json_and_plot(sse_server: str, tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    args = ["--url", sse_server, "--api-key", "sk-test", "--output-len", "8", "--warmup", "2", "--num-requests", "12"]
+    assert (
+        main([*args, "--concurrency", "1", "4", "--request-rate", "50", "--goodput", "ttft:1000", "--out", str(out)])
+        == 0
+    )
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["summary"]["level"] for lv in levels] == ["c=1", "c=4", "rate=50.0/s"]
+    for level in levels:
+        s = level["summary"]
+        assert s["completed"] == 12 and s["errors"] == 0 and s["output_tokens"] == 96
+        assert s["goodput_requests_per_s"] > 0 and s["ttft_ms_p50"] > 0
+        assert all(len(r["itl_s"]) == 7 for r in level["records"])  # 8 content chunks: 7 gaps
+    assert out.with_suffix(".png").stat().st_size > 0
