@@ -159,6 +159,12 @@ class EngineConfig(Strict):
         description="Group streamed tokens for this long before sending them over the Ray handle; trades "
         "inter-token latency for less per-token overhead on small machines.",
     )
+    cpu_single_process: bool = Field(
+        True,
+        description="On CPU with one worker, run the model inside vLLM's engine core (uniprocess executor), as "
+        "vLLM's own server does, instead of Ray Serve LLM's multiprocessing executor (a worker process and a "
+        "busy-polling engine core). See llm_serve/engine/cpu_engine.py.",
+    )
     extra_engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Further vLLM engine arguments, passed through unchanged."
     )

@@ -29,6 +29,7 @@ from llm_serve.telemetry import genai, tracing
 REGISTRY_KEY = "llm_serve_adapter_registry"
 CACHE_KEY = "llm_serve_adapter_cache"
 TRACING_KEY = "llm_serve_tracing"  # the telemetry.tracing section, when tracing is on
+SINGLE_PROCESS_KEY = "llm_serve_cpu_single_process"  # see llm_serve/engine/cpu_engine.py
 
 
 class AdapterNotFound(ValueError):
@@ -43,6 +44,14 @@ def split_adapter_id(model_id: str) -> tuple[str, str]:
 
 
 class RegistryLoraServer(LLMServer):
+    def _get_default_engine_class(self) -> Any:
+        accelerator = self._llm_config.accelerator_config
+        if self._llm_config.experimental_configs.get(SINGLE_PROCESS_KEY) and getattr(accelerator, "kind", "") == "cpu":
+            from llm_serve.engine.cpu_engine import SingleProcessCpuEngine
+
+            return SingleProcessCpuEngine
+        return super()._get_default_engine_class()
+
     def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
         mx_config = self._llm_config.multiplex_config()
         experimental = self._llm_config.experimental_configs

@@ -107,7 +107,7 @@ def build_llm_config(
     """Translate one ModelConfig into Ray Serve LLM's LLMConfig (`model_source` already resolved)."""
     from ray.serve.llm import LLMConfig
 
-    from llm_serve.engine.lora_server import CACHE_KEY, REGISTRY_KEY, TRACING_KEY
+    from llm_serve.engine.lora_server import CACHE_KEY, REGISTRY_KEY, SINGLE_PROCESS_KEY, TRACING_KEY
 
     engine = model.engine
     kwargs: dict[str, Any] = {
@@ -121,6 +121,8 @@ def build_llm_config(
     }
     if tracing is not None:
         kwargs["experimental_configs"][TRACING_KEY] = tracing
+    if engine.cpu_single_process and engine.accelerator == "cpu":
+        kwargs["experimental_configs"][SINGLE_PROCESS_KEY] = True
     if engine.accelerator_type:
         kwargs["accelerator_type"] = engine.accelerator_type
     if model.lora.enabled:

@@ -50,3 +50,40 @@ def test_gpu_engine_uses_gpu_memory_and_accelerator_type() -> None:
 
 def test_deployment_names_are_serve_safe() -> None:
     assert engine_deployment_name("org/model-1.5b:v2") == "engine-org--model-1_5b-v2"
+
+
+def test_one_cpu_worker_runs_in_the_engine_core(monkeypatch) -> None:
+    """CPU pools with one worker get the uniprocess executor (as vLLM's own server); others keep Ray's choice."""
+    from types import SimpleNamespace
+
+    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+
+    from llm_serve.engine.cpu_engine import SingleProcessCpuEngine
+    from llm_serve.engine.lora_server import SINGLE_PROCESS_KEY, RegistryLoraServer
+
+    cpu = build_llm_config(ModelConfig(id="m", source="x"), "/models/m")
+    assert cpu.experimental_configs[SINGLE_PROCESS_KEY] is True
+    off = build_llm_config(ModelConfig(id="m", source="x", engine={"cpu_single_process": False}), "/models/m")
+    gpu = build_llm_config(ModelConfig(id="m", source="x", engine={"accelerator": "gpu"}), "/models/m")
+    assert SINGLE_PROCESS_KEY not in off.experimental_configs and SINGLE_PROCESS_KEY not in gpu.experimental_configs
+
+    def server(llm_config: object) -> RegistryLoraServer:
+        instance = object.__new__(RegistryLoraServer)  # only the config is consulted
+        instance._llm_config = llm_config
+        return instance
+
+    assert server(cpu)._get_default_engine_class() is SingleProcessCpuEngine
+    assert server(off)._get_default_engine_class() is VLLMEngine
+
+    started: list[str] = []
+    monkeypatch.setattr(
+        VLLMEngine,
+        "_start_async_llm_engine",
+        lambda self, args, config, pg: started.append(config.parallel_config.distributed_executor_backend),
+    )
+    for world, backend in ((1, "mp"), (2, "mp")):
+        config = SimpleNamespace(
+            parallel_config=SimpleNamespace(world_size=world, distributed_executor_backend=backend)
+        )
+        SingleProcessCpuEngine._start_async_llm_engine(object.__new__(SingleProcessCpuEngine), None, config, None)
+    assert started == ["uni", "mp"]

@@ -1,0 +1,30 @@
+"""vLLM in one engine process on CPU, as vLLM's own server runs it.
+
+Ray Serve LLM forces vLLM's multiprocessing executor on CPU. That puts the model in a worker process
+of its own, beside the engine-core process that schedules it. Every decoding step then crosses a
+shared-memory queue, and the engine core's busy-polling loop takes CPU from the worker's OpenMP threads.
+On a machine with few cores that shows up as a higher time per output token. vLLM's own API server
+runs a single-GPU or CPU model with the uniprocess executor instead: the model runs inside the engine
+core. This engine does the same when the model needs exactly one worker (no tensor or pipeline
+parallelism) on CPU. Larger layouts keep Ray Serve LLM's choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+
+logger = logging.getLogger("llm_serve.engine")
+
+UNIPROC = "uni"
+
+
+class SingleProcessCpuEngine(VLLMEngine):
+    def _start_async_llm_engine(self, vllm_engine_args: Any, vllm_engine_config: Any, placement_group: Any) -> Any:
+        parallel = vllm_engine_config.parallel_config
+        if parallel.world_size == 1 and parallel.distributed_executor_backend != UNIPROC:
+            logger.info("one CPU worker: running the model in the engine core (uniprocess executor)")
+            parallel.distributed_executor_backend = UNIPROC
+        return super()._start_async_llm_engine(vllm_engine_args, vllm_engine_config, placement_group)
