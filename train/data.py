@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from llm_serve.jsonl import LineErrors, read_objects
 
 if TYPE_CHECKING:
     import torch
@@ -125,44 +126,15 @@ def load_examples(path: str | Path, fmt: Format = "auto") -> list[Example]:
     if fmt not in ("auto", "chat", "prompt_completion"):
         raise ValueError(f"unknown dataset format {fmt!r}")
     source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise DataError(f"{source}: cannot read dataset: {exc.strerror or exc}") from exc
-
-    errors: list[str] = []
-    dropped = 0  # errors past the cap: counted, so the user knows how much is left, but not listed
-
-    def report(line: int | None, message: str) -> None:
-        nonlocal dropped
-        if len(errors) < MAX_ERRORS:
-            errors.append(f"{source}:{line}: {message}" if line else f"{source}: {message}")
-        else:
-            dropped += 1
-
+    errors = LineErrors(source, MAX_ERRORS)
     examples: list[Example] = []
     expected = None if fmt == "auto" else fmt
     expected_line = 0
     mixed_lines = 0
-    for n, raw_line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = raw_line.decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            report(n, f"not valid UTF-8 (byte {exc.start})")
-            continue
-        if not text:
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            report(n, f"invalid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(obj, dict):
-            report(n, f"expected a JSON object, got {type(obj).__name__}")
-            continue
+    for n, obj in read_objects(path, errors, DataError):
         form = _form_of(obj)
         if form == "unknown":
-            report(n, f"neither chat form ('messages') nor prompt/completion form; keys: {sorted(obj)}")
+            errors.report(n, f"neither chat form ('messages') nor prompt/completion form; keys: {sorted(obj)}")
             continue
         if expected is None:
             expected, expected_line = form, n
@@ -171,20 +143,18 @@ def load_examples(path: str | Path, fmt: Format = "auto") -> list[Example]:
             mixed_lines += 1
             if mixed_lines == 1:
                 because = f"line {expected_line} uses {expected} form" if fmt == "auto" else f"format is {fmt!r}"
-                report(n, f"uses {form} form but {because}; a file must use one form")
+                errors.report(n, f"uses {form} form but {because}; a file must use one form")
             continue
         messages, problems = (_parse_chat if form == "chat" else _parse_prompt_completion)(obj)
         for problem in problems:
-            report(n, problem)
+            errors.report(n, problem)
         if messages is not None:
             examples.append(Example(messages=messages, line=n, source=source))
 
     if mixed_lines > 1:
-        report(None, f"{mixed_lines - 1} more line(s) use the other form")
+        errors.report(None, f"{mixed_lines - 1} more line(s) use the other form")
     if errors:
-        if dropped:
-            errors.append(f"{source}: ... and {dropped} more error(s) not shown")
-        raise DataError("\n".join(errors), errors)
+        raise DataError("\n".join(errors.all()), errors.all())
     if not examples:
         raise DataError(f"{source}: no examples (the file is empty)")
     return examples

@@ -8,10 +8,11 @@ against a slow endpoint, wastes far more time than reading one complete list.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from llm_serve.jsonl import LineErrors, read_objects
 
 KNOWN_KEYS = frozenset({"id", "question", "reference", "reference_contexts", "variables", "must_contain"})
 
@@ -99,57 +100,25 @@ def _parse(obj: dict[str, Any], n: int) -> tuple[EvalRow | None, list[str]]:
 
 def load_dataset(path: str | Path, limit: int | None = None, max_listed: int = 20) -> list[EvalRow]:
     """Read and validate the whole file (even past `limit`: a bad file is bad however much of it runs)."""
-    source = str(path)
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"{source}: cannot read dataset: {exc.strerror or exc}") from exc
-
-    errors: list[str] = []
-    dropped = 0
-
-    def report(line: int, message: str) -> None:
-        nonlocal dropped
-        if len(errors) < max_listed:
-            errors.append(f"{source}:{line}: {message}")
-        else:
-            dropped += 1
-
+    errors = LineErrors(str(path), max_listed)
     rows: list[EvalRow] = []
     first_line_of: dict[str, int] = {}
-    for n, raw_line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            text = raw_line.decode("utf-8").strip()
-        except UnicodeDecodeError as exc:
-            report(n, f"not valid UTF-8 (byte {exc.start})")
-            continue
-        if not text:
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            report(n, f"invalid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(obj, dict):
-            report(n, f"expected a JSON object, got {type(obj).__name__}")
-            continue
+    for n, obj in read_objects(path, errors, DatasetError):
         row, problems = _parse(obj, n)
         for problem in problems:
-            report(n, problem)
+            errors.report(n, problem)
         if row is None:
             continue
         if row.id in first_line_of:  # results are keyed by id: a duplicate would hide a row
-            report(n, f"duplicate id {row.id!r} (first on line {first_line_of[row.id]})")
+            errors.report(n, f"duplicate id {row.id!r} (first on line {first_line_of[row.id]})")
             continue
         first_line_of[row.id] = n
         rows.append(row)
 
     if errors:
-        if dropped:
-            errors.append(f"{source}: ... and {dropped} more error(s) not shown")
-        raise DatasetError("\n".join(errors), errors)
+        raise DatasetError("\n".join(errors.all()), errors.all())
     if not rows:
-        raise DatasetError(f"{source}: no rows (the file is empty)")
+        raise DatasetError(f"{path}: no rows (the file is empty)")
     return rows[:limit] if limit else rows
 
 
