@@ -17,13 +17,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from benchmarks.report import BENCH_CONFIG, RESULTS
 from llm_serve.config import Config, load_config, parse_config
+from llm_serve.deploy import wait_http_ready
 from llm_serve.local_cluster import stop_tree
 
 READY_TIMEOUT_S = 900
@@ -41,16 +41,7 @@ RAY_SERVE_LLM_RAY = {
 
 
 def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+    wait_http_ready(url, timeout_s, path="/v1/models")
 
 
 def first_answer(url: str, model: str) -> None:

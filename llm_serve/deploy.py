@@ -79,12 +79,13 @@ def wait_running(config: Config, report: Callable[[str], None] = _say) -> None:
         time.sleep(POLL_S)
 
 
-def wait_http_ready(url: str, timeout_s: float, report: Callable[[str], None] = _say) -> None:
+def wait_http_ready(url: str, timeout_s: float, report: Callable[[str], None] = _say, path: str = "/readyz") -> None:
+    """Poll `url` + `path` until it answers 200 (any OpenAI server answers /v1/models; ours /readyz)."""
     deadline = time.monotonic() + timeout_s
     last = ""
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=10) as resp:
+            with urllib.request.urlopen(f"{url}{path}", timeout=10) as resp:
                 if resp.status == 200:
                     return
         except urllib.error.HTTPError as exc:
@@ -92,7 +93,7 @@ def wait_http_ready(url: str, timeout_s: float, report: Callable[[str], None] = 
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(POLL_S)
-    raise DeployError(f"{url}/readyz did not answer 200 within {timeout_s:.0f} s (last: {last})")
+    raise DeployError(f"{url}{path} did not answer 200 within {timeout_s:.0f} s (last: {last})")
 
 
 def fetch_json(url: str, timeout_s: float = 5.0) -> tuple[int, dict]:

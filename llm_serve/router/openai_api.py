@@ -271,51 +271,36 @@ class Router:
             "coalescing": {"engine_calls": self.coalescer.calls, "joined": self.coalescer.joined},
         }
 
-    async def _collector(self) -> Any:
-        if not (self.config.telemetry.tracing.enabled and self.config.telemetry.tracing.exporter == "memory"):
+    async def _collected(self, method: str, *args: Any) -> Any:
+        """A call on the in-memory span collector: the cluster's actor, or this process' store without Ray
+        (SpanStore and SpanCollector answer the same methods)."""
+        tracing_config = self.config.telemetry.tracing
+        if not (tracing_config.enabled and tracing_config.exporter == "memory"):
             raise OpenAIError(
                 404,
                 "traces are kept in memory only with telemetry.tracing.exporter: memory; "
                 "otherwise look them up in your tracing backend",
                 code="traces_unavailable",
             )
-        return await self._collector_store()
-
-    async def _collector_store(self) -> Any:
         import ray
 
         from llm_serve.telemetry.collector import collector_handle, local_store
 
         if not ray.is_initialized():
-            store = local_store(self.config.telemetry.tracing.memory_max_spans)
-            return store.trace, store.recent_traces
+            return getattr(local_store(tracing_config.memory_max_spans), method)(*args)
         if self._span_collector is None:  # a GCS lookup: once, and off the event loop
-            self._span_collector = await asyncio.to_thread(
-                collector_handle, self.config.telemetry.tracing.memory_max_spans
-            )
-        actor = self._span_collector
-
-        async def trace_of(trace_id: str) -> list[dict[str, Any]]:
-            return await actor.trace.remote(trace_id)
-
-        async def recent(limit: int) -> list[str]:
-            return await actor.recent_traces.remote(limit)
-
-        return trace_of, recent
+            self._span_collector = await asyncio.to_thread(collector_handle, tracing_config.memory_max_spans)
+        return await getattr(self._span_collector, method).remote(*args)
 
     async def admin_traces(self, request: Request) -> dict[str, Any]:
         """The most recent trace ids held by the in-memory span collector (newest first)."""
         self._admin(request)
-        _, recent = await self._collector()
-        ids = recent(20)
-        return {"object": "list", "data": await ids if asyncio.iscoroutine(ids) else ids}
+        return {"object": "list", "data": await self._collected("recent_traces", 20)}
 
     async def admin_trace(self, trace_id: str, request: Request) -> dict[str, Any]:
         """Every span of one trace, from every process, oldest first (the in-memory collector)."""
         self._admin(request)
-        trace_of, _ = await self._collector()
-        spans = trace_of(trace_id.lower())
-        spans = await spans if asyncio.iscoroutine(spans) else spans
+        spans = await self._collected("trace", trace_id.lower())
         if not spans:
             raise OpenAIError(404, f"no spans of trace '{trace_id}' are held", code="trace_not_found")
         return {"trace_id": trace_id.lower(), "spans": spans}
@@ -634,7 +619,8 @@ class Router:
             stream=bool(data.get("stream")),
             key_name=caller.name,
         )
-        self._begin(record, genai.request_attributes(route, data))
+        # Only a recording tracer reads the attributes: with tracing off, none are built per request.
+        self._begin(record, genai.request_attributes(route, data) if tracing.enabled() else {})
         try:
             with _current(record.span):
                 response = await self._generate_for(request, caller, data, record, route, request_cls)
@@ -956,6 +942,7 @@ class Router:
             final_extra=extra,
             on_usage=lambda usage: {"cost_usd": self._stream_cost(record, usage)},
             collect=keep,
+            track_finish=tracing.enabled(),
         )
 
         async def settle() -> None:

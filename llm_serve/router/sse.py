@@ -47,6 +47,7 @@ class StreamRelay:
         final_extra: dict[str, Any] | None = None,
         on_usage: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         collect: bool = False,
+        track_finish: bool = False,
     ) -> None:
         self._first = first
         self._rest = rest
@@ -57,6 +58,7 @@ class StreamRelay:
         self.timed_out = False
         self.content_events = 0  # events relayed: the output-token estimate when no usage arrives
         self.finish_reasons: list[str] = []  # for the trace (gen_ai.response.finish_reasons)
+        self._track_finish = track_finish  # a regex per event: only when a trace will show the reasons
         # Fields (e.g. RAG `sources`) sent in one last chunk before [DONE], shaped like the usage chunk.
         self._final_extra = final_extra
         self._chunk_head: dict[str, Any] = {}
@@ -113,7 +115,7 @@ class StreamRelay:
                 event = sse(from_engine_error(event).body())
             if self.events is not None:
                 self.events.append(event)
-            if FINISH_MARK.search(event):
+            if self._track_finish and FINISH_MARK.search(event):
                 self._read_finish(event)
             if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)

@@ -16,16 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from llm_serve.telemetry import tracing
 
-# Paths whose last segment is an id: one span name for all of them keeps span names low-cardinality.
-_TEMPLATED = (("/v1/models/", "/v1/models/{model_id}"), ("/admin/traces/", "/admin/traces/{trace_id}"))
 _UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
-
-
-def route_of(path: str) -> str:
-    for prefix, template in _TEMPLATED:
-        if path.startswith(prefix) and len(path) > len(prefix):
-            return template
-    return path
 
 
 class TracingMiddleware:
@@ -44,10 +35,9 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
-        route = route_of(path)
         method = scope.get("method", "GET")
         span = tracing.tracer().start_span(
-            f"{method} {route}",
+            method,  # renamed after routing, by the matched route's template (low-cardinality names)
             context=tracing.context_from(headers),
             kind=SpanKind.SERVER,
             attributes={
