@@ -22,7 +22,7 @@ from llm_serve.models import resolve_model_source
 from llm_serve.prompts import PromptRegistry
 from llm_serve.prompts.template import PromptTemplate
 from llm_serve.rag.embedder import Embedder
-from llm_serve.router.openai_api import Router
+from llm_serve.router.ingress import Router
 from llm_serve.router.state import RouterState
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

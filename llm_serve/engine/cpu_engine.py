@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
+from llm_serve.engine.ray_llm import VLLMEngine
 
 logger = logging.getLogger("llm_serve.engine")
 

@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from ray import serve
-from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
 
 from llm_serve.adapters import AdapterRegistry
-from llm_serve.router.sse import FINISH_MARK, USAGE_MARK
+from llm_serve.engine.ray_llm import DiskMultiplexConfig, LLMServer
+from llm_serve.sse import FINISH_MARK, USAGE_MARK, event_payload, finish_reasons
 from llm_serve.telemetry import genai, tracing
 
 REGISTRY_KEY = "llm_serve_adapter_registry"
@@ -131,7 +129,7 @@ async def traced_engine_stream(stream: Any, route: str, request: Any, parent: An
                         if USAGE_MARK in event:
                             usage_event = event
                         if FINISH_MARK.search(event):
-                            reasons.extend(_finish_reasons(event))
+                            reasons.extend(finish_reasons(event))
                     elif hasattr(event, "model_dump"):
                         payload = event.model_dump(mode="json")
                         if "error" in payload:
@@ -152,22 +150,10 @@ async def traced_engine_stream(stream: Any, route: str, request: Any, parent: An
         span.end()
 
 
-def _event_payload(event: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(event[len("data: ") :])
-    except ValueError:
-        return {}
-    return payload if isinstance(payload, dict) else {}
-
-
 def _id_attributes(event: str) -> dict[str, Any]:
-    payload = _event_payload(event)
+    payload = event_payload(event)
     return genai.response_attributes({"id": payload.get("id"), "model": payload.get("model")})
 
 
 def _usage_attributes(event: str) -> dict[str, Any]:
-    return genai.usage_attributes(_event_payload(event).get("usage"))
-
-
-def _finish_reasons(event: str) -> list[str]:
-    return [str(c["finish_reason"]) for c in _event_payload(event).get("choices") or [] if c.get("finish_reason")]
+    return genai.usage_attributes(event_payload(event).get("usage"))

@@ -15,13 +15,11 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
+from llm_serve import headers
 from llm_serve.eval.dataset import EvalRow
 from llm_serve.eval.settings import API_KEY_ENVS, EvalOptions
 from llm_serve.eval.variants import UsageError, Variant
 
-PROMPT_HEADER = "x-llm-serve-prompt"
-MODEL_HEADER = "x-llm-serve-model"
-COST_HEADER = "x-llm-serve-cost-usd"
 ERROR_TEXT_CHARS = 300  # of a non-JSON error body: enough to recognise a proxy's HTML page
 
 
@@ -125,7 +123,7 @@ def _read_success(answer: Answer, response: httpx.Response, rag: bool) -> None:
     answer.answer = message.get("content") or ""
     usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
     answer.usage = usage
-    cost = (usage or {}).get("cost_usd", response.headers.get(COST_HEADER))
+    cost = (usage or {}).get("cost_usd", response.headers.get(headers.COST))
     try:
         answer.cost_usd = None if cost is None else float(cost)
     except (TypeError, ValueError):
@@ -154,8 +152,8 @@ async def ask(client: httpx.AsyncClient, url: str, row: EvalRow, variant: Varian
         return answer
     answer.latency_ms = (time.perf_counter() - started) * 1000.0
     answer.status = response.status_code
-    answer.served_model = response.headers.get(MODEL_HEADER)
-    answer.prompt_ref = response.headers.get(PROMPT_HEADER)
+    answer.served_model = response.headers.get(headers.MODEL)
+    answer.prompt_ref = response.headers.get(headers.PROMPT)
     if response.status_code != 200:
         answer.error = _error_of(response)
     else:

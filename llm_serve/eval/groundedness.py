@@ -2,13 +2,13 @@
 
 Scored off the request path on a sample of answers, so it must be cheap and need no judge model: a
 sentence of the answer counts as supported when most of its content words (stemmed, filler dropped,
-numbers kept: the same normalisation as the semantic cache's lexical check) and every one of its
-numbers occur in the retrieved context; the answer's groundedness is the share of its sentences that
-are supported. An answer that invents a number, a part name or a step shows up as unsupported
-sentences. This is the non-LLM proxy of ragas' faithfulness (which asks a judge to verify each
-statement); `llm-serve eval` with a judge gives the LLM-judged figure offline. The estimate is
-exported as a metric (the hallucination rate over a window of recent scored answers) and as an event
-on a span in the request's trace.
+numbers kept: the normalisation of llm_serve/textnorm.py, which the semantic cache's lexical check
+uses too) and every one of its numbers occur in the retrieved context; the answer's groundedness is
+the share of its sentences that are supported. An answer that invents a number, a part name or a
+step shows up as unsupported sentences. This is the non-LLM proxy of ragas' faithfulness (which
+asks a judge to verify each statement); `llm-serve eval` with a judge gives the LLM-judged figure
+offline. The estimate is exported as a metric (the hallucination rate over a window of recent
+scored answers) and as an event on a span in the request's trace.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
 from llm_serve.config import GroundednessMonitorConfig
-from llm_serve.router.semantic_match import content_stems
 from llm_serve.telemetry import tracing
+from llm_serve.textnorm import content_stems
 
 logger = logging.getLogger("llm_serve.monitor")
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.trace import SpanKind
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from llm_serve.config import Config, RagAlias
+from llm_serve.config import Config
 from llm_serve.prompts.version import PromptVersion
 from llm_serve.rag.embedder import embed_remote
+from llm_serve.rag.errors import RagError
 from llm_serve.rag.milvus_server import milvus_uri
-from llm_serve.rag.store import Hit, StoreError, VectorStore
-from llm_serve.router.errors import OpenAIError, invalid_body
+from llm_serve.rag.store import Hit, VectorStore
 from llm_serve.telemetry import genai, tracing
 
 STORE_ATTEMPTS = 3
@@ -52,28 +52,6 @@ class Retrieval:
         return [h.as_source(include_text) for h in self.used]
 
 
-def parse_rag(raw: Any, alias: RagAlias | None, config: Config) -> RagRequest | None:
-    """The request's retrieval settings: its own `rag` object over the alias' defaults."""
-    if raw is None and alias is None:
-        return None
-    base: dict[str, Any] = {}
-    if alias is not None:
-        base = {"collection": alias.collection, "top_k": alias.top_k, "filter": alias.filter}
-    if raw is not None and not isinstance(raw, dict):
-        raise OpenAIError(
-            422, 'rag must be an object like {"collection": ..., "top_k": ...}', code="invalid_value", param="rag"
-        )
-    try:
-        request = RagRequest.model_validate({**base, **{k: v for k, v in (raw or {}).items() if v is not None}})
-    except ValidationError as exc:
-        raise invalid_body(exc.errors(), prefix="rag") from None
-    if request.top_k is not None and request.top_k > config.rag.max_top_k:
-        raise OpenAIError(
-            400, f"rag.top_k may be at most {config.rag.max_top_k}", code="invalid_value", param="rag.top_k"
-        )
-    return request
-
-
 def question_of(messages: list[Any]) -> str:
     """The text of the last user message: what retrieval searches for."""
     for message in reversed(messages):
@@ -83,7 +61,9 @@ def question_of(messages: list[Any]) -> str:
                 return content
             if isinstance(content, list):
                 return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    raise OpenAIError(400, "retrieval needs a user message to search for", code="invalid_value", param="messages")
+    raise RagError(
+        "retrieval needs a user message to search for", kind="invalid_request", code="invalid_value", param="question"
+    )
 
 
 class Retriever:
@@ -107,7 +87,7 @@ class Retriever:
 
     async def _search(self, request: RagRequest, vector: list[float], top_k: int) -> list[Hit]:
         """Search, reconnecting on a dropped Milvus connection (a busy Lite server refuses now and then);
-        what is still failing after the retries is a 503, never a 500."""
+        what is still failing after the retries is the store being unavailable, never an unexplained crash."""
         from pymilvus.exceptions import MilvusException
 
         for attempt in range(STORE_ATTEMPTS):
@@ -115,24 +95,20 @@ class Retriever:
                 return await asyncio.to_thread(
                     self.store.search, request.collection, vector, top_k, request.filter or ""
                 )
-            except StoreError as exc:
-                raise OpenAIError(
-                    exc.status, str(exc), code=exc.code, param=f"rag.{exc.param}" if exc.param else None
-                ) from None
             except MilvusException as exc:
                 self.reset()
                 if attempt == STORE_ATTEMPTS - 1:
-                    raise OpenAIError(
-                        503, f"the vector store is unavailable ({exc.message})", code="store_unavailable"
+                    raise RagError(
+                        f"the vector store is unavailable ({exc.message})", kind="unavailable", code="store_unavailable"
                     ) from None
                 await asyncio.sleep(STORE_RETRY_BASE_S * 2**attempt)
         raise AssertionError("unreachable")
 
     async def retrieve(self, question: str, request: RagRequest) -> Retrieval:
         if self.embedder is None:
-            raise OpenAIError(
-                503,
+            raise RagError(
                 f"the embedding model '{self.config.rag.embedding_model}' is not deployed",
+                kind="unavailable",
                 code="engine_unavailable",
             )
         with tracing.tracer().start_as_current_span(
@@ -155,11 +131,11 @@ class Retriever:
         started = time.perf_counter()
         result = await embed_remote(self.embedder, self.config.rag.embedding_model, [question])
         if result.error:
-            raise OpenAIError(
-                400,
+            raise RagError(
                 f"the question is too long to search for: {result.error}",
+                kind="invalid_request",
                 code="context_length_exceeded",
-                param="messages",
+                param="question",
             )
         embedded = time.perf_counter()
         top_k = request.top_k or self.config.rag.default_top_k

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_serve.config import MilvusConfig
+from llm_serve.rag.errors import StoreError
 
 MAX_TEXT_CHARS = 65_535
 MAX_SOURCE_CHARS = 1024
@@ -28,14 +29,6 @@ OUTPUT_FIELDS = ["doc_id", "source", "chunk_index", "page", "text"]
 import pymilvus  # noqa: E402, F401
 
 logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
-
-
-class StoreError(RuntimeError):
-    """A store failure with the status the router should answer (404 unknown collection, 400 bad filter)."""
-
-    def __init__(self, message: str, status: int = 500, code: str = "store_error", param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.param = status, code, param
 
 
 @dataclass
@@ -90,7 +83,7 @@ def check_collection_name(name: str) -> str:
     if not COLLECTION_NAME.match(name or ""):
         raise StoreError(
             f"invalid collection name {name!r}: letters, digits and underscores, starting with a letter or underscore",
-            status=400,
+            kind="invalid_request",
             code="invalid_value",
             param="collection",
         )
@@ -230,12 +223,15 @@ class VectorStore:
             self._loaded.discard(name)
             if not self.client.has_collection(name):
                 raise StoreError(
-                    f"collection '{name}' does not exist", status=404, code="collection_not_found", param="collection"
+                    f"collection '{name}' does not exist",
+                    kind="not_found",
+                    code="collection_not_found",
+                    param="collection",
                 ) from None
             if filter_expr:
                 raise StoreError(
                     f"invalid filter expression {filter_expr!r}: {exc.message}",
-                    status=400,
+                    kind="invalid_request",
                     code="invalid_filter",
                     param="filter",
                 ) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from llm_serve.config import ApiKey, AuthConfig
@@ -53,6 +54,10 @@ class KeyRing:
                 digest = hash_key(secret)
             assert digest is not None
             self._by_hash[digest] = key
+
+    def caller(self, headers: Mapping[str, str]) -> Caller:
+        """The caller of a request with these HTTP headers (401 when a key is needed and wrong or missing)."""
+        return self.authenticate(headers.get("authorization"), headers.get("x-api-key"))
 
     def authenticate(self, authorization: str | None, x_api_key: str | None) -> Caller:
         if not self.enabled:

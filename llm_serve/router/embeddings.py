@@ -1,14 +1,31 @@
-"""POST /v1/embeddings: OpenAI's request and response shapes over the embedding deployment."""
+"""POST /v1/embeddings: OpenAI's request and response shapes over the embedding deployment.
+
+A short path of its own, sharing the generation path's admission and settlement: auth, parse,
+model check, admit, embed, price, settle (in a `finally`, as for generation).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
+from llm_serve.config import Config
+from llm_serve.rag.embedder import embed_remote
+from llm_serve.router.auth import Caller, KeyRing
+from llm_serve.router.context import RequestContext
 from llm_serve.router.errors import OpenAIError, invalid_body
+from llm_serve.router.observe import Observer, current
+from llm_serve.router.stages.admit import Admit
+from llm_serve.router.stages.dispatch import call_failed
+from llm_serve.router.stages.parse import read_json
+from llm_serve.router.stages.settle import Settler
+from llm_serve.telemetry import genai
 
 
 class EmbeddingRequest(BaseModel):
@@ -56,3 +73,89 @@ def embedding_response(model_id: str, vectors: np.ndarray, prompt_tokens: int, e
         "model": model_id,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }
+
+
+class EmbeddingsRoute:
+    def __init__(
+        self,
+        config: Config,
+        embedders: dict[str, Any],
+        chat_models: set[str],
+        *,
+        keys: KeyRing,
+        admit: Admit,
+        observer: Observer,
+        settle: Settler,
+    ) -> None:
+        self.config = config
+        self.embedders = embedders
+        self.chat_models = chat_models
+        self.keys = keys
+        self.admit = admit
+        self.observer = observer
+        self.settle = settle
+
+    async def handle(self, request: Request) -> Response:
+        caller = self.keys.caller(request.headers)
+        data = await read_json(request, self.config.server.max_body_bytes)
+        model_id = self._model(data, caller)
+        body, texts = parse_embedding_request(data, self.config.embedder(model_id).max_inputs_per_request)
+        ctx = RequestContext.start("embeddings", caller, request.headers, data)
+        ctx.row.stream, ctx.model_known = False, True
+        self.observer.begin(ctx, {genai.OPERATION: "embeddings", genai.REQUEST_MODEL: model_id})
+        try:
+            with current(ctx.span):
+                return await self._embed(ctx, model_id, body, texts)
+        except OpenAIError as exc:
+            ctx.fail(exc)
+            raise
+        except asyncio.CancelledError:
+            ctx.finish(499, "client disconnected")
+            raise
+        except Exception as exc:  # answered as a 500 by the error handler; still one ledger row
+            ctx.finish(500, f"{type(exc).__name__}: {exc}", "internal_error")
+            raise
+        finally:
+            await asyncio.shield(self.settle(ctx))
+
+    def _model(self, data: dict[str, Any], caller: Caller) -> str:
+        model_id = data.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            raise OpenAIError(
+                400, "you must provide a model parameter", code="missing_required_parameter", param="model"
+            )
+        if self.config.embedder(model_id) is None or model_id not in self.embedders:
+            hint = " (it is a chat model)" if model_id in self.chat_models else ""
+            raise OpenAIError(
+                404, f"The embedding model '{model_id}' does not exist{hint}", code="model_not_found", param="model"
+            )
+        if not caller.may_use(model_id):
+            raise OpenAIError(
+                403, f"The API key '{caller.name}' may not use the model '{model_id}'", code="model_not_allowed"
+            )
+        return model_id
+
+    async def _embed(self, ctx: RequestContext, model_id: str, body: EmbeddingRequest, texts: list[str]) -> Response:
+        await self.admit(ctx)
+        try:
+            result = await asyncio.wait_for(
+                embed_remote(self.embedders[model_id], model_id, texts), self.config.server.request_timeout_s
+            )
+        except Exception as exc:
+            raise call_failed(ctx, exc, f"the embedding model '{model_id}'") from None
+        if result.error:
+            raise OpenAIError(400, result.error, code="context_length_exceeded", param=result.error_param)
+        dimension = result.vectors.shape[1]
+        if body.dimensions is not None and body.dimensions != dimension:
+            raise OpenAIError(
+                400,
+                f"'{model_id}' produces {dimension}-dimensional vectors; dimensions={body.dimensions} is not supported",
+                code="invalid_value",
+                param="dimensions",
+            )
+        ctx.row.prompt_tokens = result.prompt_tokens
+        ctx.row.cost_usd = self.config.price(model_id).cost(result.prompt_tokens, 0)
+        ctx.finish(200)
+        payload = embedding_response(model_id, result.vectors, result.prompt_tokens, body.encoding_format)
+        payload["usage"]["cost_usd"] = ctx.row.cost_usd
+        return JSONResponse(payload, headers=ctx.response_headers())

@@ -3,67 +3,73 @@
 It is the source of truth for spend: budgets are summed from it at start-up, so a restart neither
 forgets nor double-counts what a key has spent. Rows are written by the router-state actor only,
 which keeps SQLite to a single writer.
+
+The schema is declared once, as `LedgerRow`: each field's SQL column (type, index) rides in its
+metadata and the table is built from the fields, so the row the router fills in, the row the state
+actor writes and the table cannot drift apart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
 Period = Literal["day", "month", "total"]
+ERROR_MAX_CHARS = 512
 
-METADATA = sa.MetaData()
-REQUESTS = sa.Table(
-    "requests",
-    METADATA,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("ts", sa.Float, nullable=False, index=True),
-    sa.Column("request_id", sa.String(64), nullable=False),
-    sa.Column("key_name", sa.String(128), nullable=False, index=True),
-    sa.Column("route", sa.String(32), nullable=False),
-    sa.Column("model", sa.String(256), nullable=False),
-    sa.Column("adapter", sa.String(256)),
-    sa.Column("prompt", sa.String(256)),
-    sa.Column("stream", sa.Boolean, nullable=False),
-    sa.Column("prompt_tokens", sa.Integer, nullable=False),
-    sa.Column("cached_tokens", sa.Integer, nullable=False),
-    sa.Column("completion_tokens", sa.Integer, nullable=False),
-    sa.Column("cost_usd", sa.Float, nullable=False),
-    sa.Column("cache", sa.String(16), nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False),
-    sa.Column("status", sa.Integer, nullable=False),
-    sa.Column("error", sa.String(512)),
-)
+
+def _column(sql_type: Any, *, index: bool = False) -> dict[str, Any]:
+    return {"sql": sql_type, "index": index}
+
+
+def _now() -> float:
+    return dt.datetime.now(dt.UTC).timestamp()
 
 
 @dataclass
 class LedgerRow:
-    request_id: str
-    key_name: str
-    route: str
-    model: str
-    stream: bool
-    status: int
-    latency_ms: float
-    ts: float = field(default_factory=lambda: dt.datetime.now(dt.UTC).timestamp())
-    adapter: str | None = None
-    prompt: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    cache: str = "none"
-    error: str | None = None
+    """What one request cost and how it ended. `ts` is when it was settled (the ledger's time axis)."""
+
+    request_id: str = field(metadata=_column(sa.String(64)))
+    key_name: str = field(metadata=_column(sa.String(128), index=True))
+    route: str = field(metadata=_column(sa.String(32)))
+    model: str = field(metadata=_column(sa.String(256)))
+    stream: bool = field(default=False, metadata=_column(sa.Boolean))
+    status: int = field(default=200, metadata=_column(sa.Integer))
+    latency_ms: float = field(default=0.0, metadata=_column(sa.Float))
+    ts: float = field(default_factory=_now, metadata=_column(sa.Float, index=True))
+    adapter: str | None = field(default=None, metadata=_column(sa.String(256)))
+    prompt: str | None = field(default=None, metadata=_column(sa.String(256)))
+    prompt_tokens: int = field(default=0, metadata=_column(sa.Integer))
+    cached_tokens: int = field(default=0, metadata=_column(sa.Integer))
+    completion_tokens: int = field(default=0, metadata=_column(sa.Integer))
+    cost_usd: float = field(default=0.0, metadata=_column(sa.Float))
+    cache: str = field(default="none", metadata=_column(sa.String(16)))
+    error: str | None = field(default=None, metadata=_column(sa.String(ERROR_MAX_CHARS)))
 
     def as_dict(self) -> dict[str, Any]:
         row = asdict(self)
         if row["error"] is not None:
-            row["error"] = row["error"][:512]
+            row["error"] = row["error"][:ERROR_MAX_CHARS]
         return row
+
+
+def _table(metadata: sa.MetaData) -> sa.Table:
+    """The `requests` table: an autoincrement id (the order rows were written in), then LedgerRow's fields."""
+    columns = [sa.Column("id", sa.Integer, primary_key=True, autoincrement=True)]
+    for f in fields(LedgerRow):
+        # Optional fields (default None) are nullable; the rest always hold a value.
+        nullable = f.default is None and f.default_factory is MISSING
+        columns.append(sa.Column(f.name, f.metadata["sql"], nullable=nullable, index=f.metadata["index"]))
+    return sa.Table("requests", metadata, *columns)
+
+
+METADATA = sa.MetaData()
+REQUESTS = _table(METADATA)
 
 
 def period_start(period: Period, now: dt.datetime | None = None) -> float:

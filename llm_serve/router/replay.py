@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, StreamingResponse
 
-from llm_serve.router.sse import DONE_EVENT, sse
+from llm_serve.sse import DONE_EVENT, sse
 
 SSE_HEADERS = {"cache-control": "no-cache"}
 

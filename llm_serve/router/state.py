@@ -3,8 +3,8 @@
 It lives in one `router-state` Serve deployment (a single asyncio replica), and router replicas call
 it through a handle; each method runs to completion without awaiting, so a check-and-count is atomic
 across all routers without locks. One admission call and one record call per request (~1 ms each
-here) is the price of limits that hold under concurrency. In unit tests the same class is used
-in-process through `StateClient`.
+here) is the price of limits that hold under concurrency. Routers reach it through `StateClient`,
+whose typed methods work the same over a Serve handle and, in unit tests, on an in-process object.
 """
 
 from __future__ import annotations
@@ -99,9 +99,8 @@ class RouterState:
 
     # ---- accounting -----------------------------------------------------------------------------
 
-    async def record(self, row: dict[str, Any]) -> None:
+    async def record(self, entry: LedgerRow) -> None:
         """Count tokens against the key's window, add the cost to its spend, and write the ledger row."""
-        entry = LedgerRow(**row)
         tokens = entry.prompt_tokens + entry.completion_tokens
         if tokens:
             now = time.time()
@@ -145,13 +144,37 @@ class RouterState:
 
 
 class StateClient:
-    """Calls RouterState methods the same way whether it is a Serve handle or an in-process object."""
+    """The router's typed view of RouterState: the same calls over a Serve handle or on an in-process object."""
 
     def __init__(self, target: Any) -> None:
         self._target = target
         self._remote = not isinstance(target, RouterState)
 
-    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: str, *args: Any) -> Any:
         if self._remote:
-            return await getattr(self._target, method).remote(*args, **kwargs)
-        return await getattr(self._target, method)(*args, **kwargs)
+            return await getattr(self._target, method).remote(*args)
+        return await getattr(self._target, method)(*args)
+
+    async def admit(
+        self, key_name: str, rpm: int | None, tpm: int | None, budget_usd: float | None, budget_period: Period
+    ) -> dict[str, Any] | None:
+        """None when admitted (and counted), else the refusal (status, code, message, retry_after)."""
+        return await self._call("admit", key_name, rpm, tpm, budget_usd, budget_period)
+
+    async def record(self, row: LedgerRow) -> None:
+        await self._call("record", row)
+
+    async def usage(self, period: Period, key_name: str | None = None) -> dict[str, Any]:
+        return await self._call("usage", period, key_name)
+
+    async def recent(self, limit: int, key_name: str | None = None) -> list[dict[str, Any]]:
+        return await self._call("recent", limit, key_name)
+
+    async def cache_get(self, key: str) -> Any | None:
+        return await self._call("cache_get", key)
+
+    async def cache_put(self, key: str, value: Any) -> None:
+        await self._call("cache_put", key, value)
+
+    async def cache_stats(self) -> dict[str, int]:
+        return await self._call("cache_stats")

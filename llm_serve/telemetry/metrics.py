@@ -7,8 +7,8 @@ identity as labels, and needs no port per replica. Names follow the OpenTelemetr
 conventions where they have one (`gen_ai.server.request.duration` -> `gen_ai_server_request_duration`,
 seconds), and `llm_serve_*` otherwise.
 
-Each series is recorded from a finished RequestRecord, once per request, so the counters agree with
-the ledger. Tags are kept low-cardinality (route, model, status, cache result, error code): no key
+Each series is recorded from a request's finished ledger row, once per request, so the counters
+agree with the ledger. Tags are kept low-cardinality (route, model, status, cache result, error code): no key
 names on latency histograms, only on the cost counter where spend per key is the point.
 """
 
@@ -118,40 +118,46 @@ class ServingMetrics:
             (),
         )
 
-    def record(self, record: Any) -> None:
-        """One finished request (a RequestRecord) into every series it touches."""
+    def record(
+        self, row: Any, *, model_known: bool, error_code: str | None = None, ttft_s: float | None = None
+    ) -> None:
+        """One finished request into every series it touches.
+
+        `row` is its ledger row (route, model, status, tokens, cost, cache, latency); `model_known` says
+        whether `row.model` is a configured pool, since only those may become label values.
+        """
         if not self.enabled:
             return
         try:
-            self._record(record)
+            self._record(row, model_known, error_code, ttft_s)
         except Exception as exc:  # metrics must never fail a request
             logger.warning("metrics recording failed (%s: %s)", type(exc).__name__, exc)
 
-    def _record(self, record: Any) -> None:
+    def _record(self, row: Any, model_known: bool, error_code: str | None, ttft_s: float | None) -> None:
         from llm_serve.telemetry.genai import operation
 
-        model = record.model if record.model_known and record.model else "unknown"
-        status = str(record.status)
-        op = operation(record.route)
-        self.requests.inc(1, {"route": record.route, "model": model, "status": status})
-        if record.status >= 400:
-            self.errors.inc(1, {"route": record.route, "model": model, "code": record.error_code or status})
+        model = row.model if model_known and row.model else "unknown"
+        status = str(row.status)
+        op = operation(row.route)
+        self.requests.inc(1, {"route": row.route, "model": model, "status": status})
+        if row.status >= 400:
+            self.errors.inc(1, {"route": row.route, "model": model, "code": error_code or status})
         self.duration.observe(
-            record.latency_ms / 1000, {"gen_ai_operation_name": op, "gen_ai_request_model": model, "status": status}
+            row.latency_ms / 1000, {"gen_ai_operation_name": op, "gen_ai_request_model": model, "status": status}
         )
-        for token_type, count in (("input", record.prompt_tokens), ("output", record.completion_tokens)):
+        for token_type, count in (("input", row.prompt_tokens), ("output", row.completion_tokens)):
             if count:
                 self.tokens.inc(count, {"model": model, "token_type": token_type})
                 self.token_usage.observe(
                     count, {"gen_ai_operation_name": op, "gen_ai_request_model": model, "gen_ai_token_type": token_type}
                 )
-        if record.cost_usd:
-            self.cost.inc(record.cost_usd, {"model": model, "key": record.key_name})
-        if record.route != "embeddings" and record.cache != "none":
-            self.cache_lookups.inc(1, {"route": record.route, "model": model, "result": record.cache})
-        if record.ttft_s is not None:
+        if row.cost_usd:
+            self.cost.inc(row.cost_usd, {"model": model, "key": row.key_name})
+        if row.route != "embeddings" and row.cache != "none":
+            self.cache_lookups.inc(1, {"route": row.route, "model": model, "result": row.cache})
+        if ttft_s is not None:
             tags = {"gen_ai_operation_name": op, "gen_ai_request_model": model}
-            self.ttft.observe(record.ttft_s, tags)
-            if record.completion_tokens > 1:
-                decode_s = record.latency_ms / 1000 - record.ttft_s
-                self.tpot.observe(max(0.0, decode_s) / (record.completion_tokens - 1), tags)
+            self.ttft.observe(ttft_s, tags)
+            if row.completion_tokens > 1:
+                decode_s = row.latency_ms / 1000 - ttft_s
+                self.tpot.observe(max(0.0, decode_s) / (row.completion_tokens - 1), tags)

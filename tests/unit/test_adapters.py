@@ -113,7 +113,7 @@ async def test_router_serves_registered_adapters_by_id_and_name(tmp_path: Path) 
 async def test_adapter_published_later_is_served_without_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("llm_serve.router.openai_api.FORCED_RELIST_S", 0.0)
+    monkeypatch.setattr("llm_serve.router.adapter_catalog.FORCED_RELIST_S", 0.0)
     registry = tmp_path / "adapters"
     lora = {"enabled": True, "registry": str(registry), "refresh_s": 3600}
     client, _, _ = build({"models": [{"id": A, "source": "x", "lora": lora}, {"id": B, "source": "x"}]})

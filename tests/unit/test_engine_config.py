@@ -56,10 +56,9 @@ def test_one_cpu_worker_runs_in_the_engine_core(monkeypatch) -> None:
     """CPU pools with one worker get the uniprocess executor (as vLLM's own server); others keep Ray's choice."""
     from types import SimpleNamespace
 
-    from ray.llm._internal.serve.engines.vllm.vllm_engine import VLLMEngine
-
     from llm_serve.engine.cpu_engine import SingleProcessCpuEngine
     from llm_serve.engine.lora_server import SINGLE_PROCESS_KEY, RegistryLoraServer
+    from llm_serve.engine.ray_llm import VLLMEngine
 
     cpu = build_llm_config(ModelConfig(id="m", source="x"), "/models/m")
     assert cpu.experimental_configs[SINGLE_PROCESS_KEY] is True

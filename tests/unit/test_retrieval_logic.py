@@ -8,9 +8,12 @@ import pytest
 
 from llm_serve.config import Config, parse_config
 from llm_serve.prompts.template import PromptError, PromptTemplate
-from llm_serve.rag.retriever import Retrieval, grounded_messages, parse_rag, question_of, select_context
+from llm_serve.rag.errors import RagError
+from llm_serve.rag.retriever import Retrieval, grounded_messages, question_of, select_context
 from llm_serve.rag.store import Hit
 from llm_serve.router.errors import OpenAIError
+from llm_serve.router.stages.resolve import parse_rag
+from llm_serve.router.stages.retrieve import http_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,8 +108,9 @@ def test_question_is_the_last_user_message() -> None:
         {"role": "user", "content": [{"type": "text", "text": "second"}]},
     ]
     assert question_of(messages) == "second"
-    with pytest.raises(OpenAIError):
+    with pytest.raises(RagError) as info:
         question_of([{"role": "system", "content": "only system"}])
+    assert http_error(info.value).status == 400 and http_error(info.value).param == "messages"
 
 
 class FlakyStore:
@@ -143,6 +147,6 @@ async def test_dropped_milvus_connections_are_retried_then_503(
     if status is None:
         assert [h.id for h in await retriever._search(request, [0.1], 3)] == ["id"]
     else:
-        with pytest.raises(OpenAIError) as err:
+        with pytest.raises(RagError) as err:
             await retriever._search(request, [0.1], 3)
-        assert err.value.status == 503 and err.value.code == "store_unavailable"
+        assert http_error(err.value).status == 503 and err.value.code == "store_unavailable"

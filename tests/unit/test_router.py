@@ -22,7 +22,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 
 from llm_serve.config import parse_config
 from llm_serve.rag.embedder import EmbeddingResult
-from llm_serve.router.openai_api import Router
+from llm_serve.router.ingress import Router
 
 MODEL = "tiny"
 EMBED = "tiny-embed"

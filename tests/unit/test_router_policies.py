@@ -15,7 +15,7 @@ import pytest
 
 from llm_serve.config import parse_config
 from llm_serve.prompts import PromptRegistry, default_prompts_dir
-from llm_serve.router.openai_api import Router
+from llm_serve.router.ingress import Router
 from llm_serve.router.state import RouterState
 from tests.unit.test_router import FakeHandle, _awaitable, assert_openai_error, chat_response, sse
 
@@ -428,7 +428,7 @@ async def test_stream_cut_short_is_still_recorded_and_priced() -> None:
 
 
 async def test_relay_deadline_ends_the_stream_cleanly_for_a_slow_reader() -> None:
-    from llm_serve.router.sse import StreamRelay
+    from llm_serve.router.relay import StreamRelay
 
     async def engine() -> AsyncIterator[Any]:
         for item in stream_items()[1:]:

@@ -9,6 +9,7 @@ import pytest
 
 from llm_serve.config import MilvusConfig
 from llm_serve.rag.store import Chunk, StoreError, VectorStore, check_collection_name, quote
+from llm_serve.router.stages.retrieve import http_error
 
 DIM = 8
 
@@ -74,16 +75,17 @@ def test_search_scores_filters_and_pages(store: VectorStore) -> None:
     assert {h.source for h in only_md} == {"docs/a.md"}
 
 
-def test_search_errors_carry_http_status(store: VectorStore) -> None:
+def test_search_errors_map_to_http_status(store: VectorStore) -> None:
+    """The store says what kind of failure it was; the router's mapping gives the status clients see."""
     with pytest.raises(StoreError) as info:
         store.search("kb", vec(1), 2, filter_expr="source ==== 1")
-    assert (info.value.status, info.value.code) == (400, "invalid_filter")
+    assert (http_error(info.value).status, info.value.code) == (400, "invalid_filter")
     with pytest.raises(StoreError) as info:
         store.search("missing", vec(1), 2)
-    assert (info.value.status, info.value.code) == (404, "collection_not_found")
+    assert (http_error(info.value).status, info.value.code) == (404, "collection_not_found")
     with pytest.raises(StoreError) as info:
         check_collection_name("drop table;")
-    assert info.value.status == 400
+    assert http_error(info.value).status == 400
 
 
 def test_delete_source_and_directory_prefix(store: VectorStore) -> None:

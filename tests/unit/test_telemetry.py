@@ -18,7 +18,7 @@ from starlette.requests import ClientDisconnect
 from llm_serve.config import GroundednessMonitorConfig, parse_config
 from llm_serve.engine.lora_server import traced_engine_stream
 from llm_serve.eval.groundedness import GROUNDEDNESS_EVENT, GroundednessMonitor, score_groundedness
-from llm_serve.router.openai_api import Router
+from llm_serve.router.ingress import Router
 from llm_serve.router.state import RouterState
 from llm_serve.telemetry import metrics as metrics_module
 from llm_serve.telemetry import tracing
@@ -353,7 +353,7 @@ async def test_stream_whose_body_never_starts_is_still_settled(recorded: dict[st
     }
     with pytest.raises((OSError, ClientDisconnect)):  # Starlette re-raises the failed send as ClientDisconnect
         await app(scope, receive, send)
-    rows = await router.state.call("recent", 10, None)
+    rows = await router.state.recent(10, None)
     assert [(r["status"], r["stream"]) for r in rows] == [(499, True)]
-    assert router.ongoing["chat"] == 0
+    assert router.observer.ongoing["chat"] == 0
     assert [t["status"] for _, t in recorded["llm_serve_requests"].values] == ["499"]

@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from llm_serve.router.errors import OpenAIError, from_engine_error
-
-DONE_EVENT = "data: [DONE]\n\n"
-# Cheap substring tests decide which events are parsed at all; JSON spacing varies by producer.
-USAGE_MARK = '"usage"'
-# A set (non-null) finish reason; a regex because JSON spacing varies by producer.
-FINISH_MARK = re.compile(r'"finish_reason":\s*"')
-ERROR_MARK = '"error"'
-ERROR_PREFIX_LEN = 16
-
-
-def sse(payload: dict[str, Any]) -> str:
-    """One server-sent event carrying `payload` as JSON."""
-    return f"data: {json.dumps(payload)}\n\n"
+from llm_serve.sse import (
+    DATA_PREFIX,
+    DONE_EVENT,
+    ERROR_MARK,
+    ERROR_PREFIX_LEN,
+    FINISH_MARK,
+    USAGE_MARK,
+    finish_reasons,
+    sse,
+)
 
 
 class StreamRelay:
@@ -127,12 +123,7 @@ class StreamRelay:
         return "".join(out)
 
     def _read_finish(self, event: str) -> None:
-        try:
-            payload = json.loads(event[len("data: ") :])
-        except ValueError:
-            return
-        choices = payload.get("choices") or []
-        self.finish_reasons.extend(str(c["finish_reason"]) for c in choices if c.get("finish_reason"))
+        self.finish_reasons.extend(finish_reasons(event))
 
     @property
     def response_id(self) -> str | None:
@@ -145,7 +136,7 @@ class StreamRelay:
     def _inspect(self, event: str) -> str:
         """Read usage or error from one event; return what should still be sent."""
         try:
-            payload = json.loads(event[len("data: ") :])
+            payload = json.loads(event[len(DATA_PREFIX) :])
         except ValueError:
             return event
         if "error" in payload:

@@ -1,0 +1,158 @@
+"""The router's HTTP application: its parts built from the config, wired together, behind FastAPI.
+
+Assembly only, as vLLM's `api_server.py` is: what a request goes through lives in pipeline.py (the
+order of the generation path) and the stage modules, the other routes in modules of their own
+(model_cards.py, embeddings.py, admin.py). `Router` is a plain class, constructible without Ray
+given engine handles, so the whole HTTP contract is testable with stand-in engines; app.py turns it
+into a Serve ingress deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from llm_serve.config import Config
+from llm_serve.eval.groundedness import GroundednessMonitor
+from llm_serve.prompts import PromptRegistry
+from llm_serve.prompts.template import PromptTemplate
+from llm_serve.rag.milvus_server import milvus_uri
+from llm_serve.rag.retriever import Retriever
+from llm_serve.router.adapter_catalog import AdapterCatalog
+from llm_serve.router.admin import AdminRoutes
+from llm_serve.router.auth import KeyRing
+from llm_serve.router.body_limit import BodySizeLimit
+from llm_serve.router.coalesce import Coalescer
+from llm_serve.router.embeddings import EmbeddingsRoute
+from llm_serve.router.errors import install_error_handlers
+from llm_serve.router.model_cards import ModelCards
+from llm_serve.router.observe import Observer
+from llm_serve.router.pipeline import GenerationPipeline
+from llm_serve.router.semantic_cache import SemanticCache
+from llm_serve.router.stages.admit import Admit
+from llm_serve.router.stages.cache import Cache
+from llm_serve.router.stages.dispatch import Dispatch
+from llm_serve.router.stages.parse import Parse
+from llm_serve.router.stages.prompt import RenderPrompt
+from llm_serve.router.stages.resolve import Resolve
+from llm_serve.router.stages.respond import Respond
+from llm_serve.router.stages.retrieve import Retrieve
+from llm_serve.router.stages.settle import Settler
+from llm_serve.router.stages.validate import Validate
+from llm_serve.router.state import RouterState, StateClient
+from llm_serve.telemetry import tracing
+from llm_serve.telemetry.http import TracingMiddleware
+from llm_serve.telemetry.metrics import ServingMetrics
+
+READY_CHECK_TIMEOUT_S = 5.0
+
+
+class Router:
+    """Authenticates, limits, renders prompts, caches, coalesces and routes OpenAI requests to engine pools."""
+
+    def __init__(
+        self,
+        config: dict[str, Any] | Config,
+        engines: dict[str, Any],
+        embedders: dict[str, Any] | None = None,
+        prompts: dict[str, Any] | None = None,
+        state: Any = None,
+    ) -> None:
+        self.config = config = config if isinstance(config, Config) else Config.model_validate(config)
+        self.engines = engines
+        self.embedders = embedders = embedders or {}
+        prompts = prompts or {}
+        tracing.setup_tracing(config.telemetry.tracing, "router")
+
+        self.keys = KeyRing(config.auth)
+        self.state = StateClient(state if state is not None else RouterState(config))
+        self.adapters = AdapterCatalog(config)
+        self.coalescer = Coalescer(config.server.request_timeout_s)
+        metrics = ServingMetrics(config.telemetry.metrics)
+        self.observer = Observer(metrics, GroundednessMonitor(config.telemetry.groundedness, metrics))
+        self.settle = Settler(self.state, self.observer)
+        admit = Admit(self.state)
+        cache = Cache(config, self.state, self._semantic_cache(), self.observer)
+        rag_prompt = PromptTemplate.from_dict(prompts["rag"]) if prompts.get("rag") else None
+        registry = PromptRegistry.from_dict(prompts["registry"]) if prompts.get("registry") else None
+        # The order of the generation path, and why, is written in pipeline.py's docstring.
+        self.pipeline = GenerationPipeline(
+            [
+                ("parse", Parse()),
+                ("resolve", Resolve(config, self.adapters)),
+                ("render_prompt", RenderPrompt(registry)),
+                ("validate", Validate()),
+                ("admit", admit),
+                ("retrieve", Retrieve(config, Retriever(config, embedders), rag_prompt, self.observer)),
+                ("cache_lookup", cache),
+                ("dispatch", Dispatch(config, engines, self.coalescer, self.observer)),
+                ("respond", Respond(config, cache, self.observer, self.settle)),
+            ],
+            keys=self.keys,
+            max_body_bytes=config.server.max_body_bytes,
+            observer=self.observer,
+            settle=self.settle,
+        )
+        self.embeddings_route = EmbeddingsRoute(
+            config, embedders, set(engines), keys=self.keys, admit=admit, observer=self.observer, settle=self.settle
+        )
+        self.model_cards = ModelCards(config, embedders, self.adapters, self.keys)
+        self.admin = AdminRoutes(config, self.keys, self.state, self.coalescer)
+
+    def _semantic_cache(self) -> SemanticCache | None:
+        semantic = self.config.cache.semantic
+        if not semantic.enabled or semantic.embedding_model not in self.embedders:
+            return None
+        return SemanticCache(
+            semantic, self.config.rag.milvus, milvus_uri(self.config), self.embedders[semantic.embedding_model]
+        )
+
+    # ---- ASGI app -------------------------------------------------------------------------------
+
+    async def __serve_build_asgi_app__(self) -> FastAPI:
+        return self.build_asgi_app()
+
+    def build_asgi_app(self) -> FastAPI:
+        app = FastAPI(title="llm-serve", version="0.1.0", docs_url="/docs", redoc_url=None)
+        install_error_handlers(app)
+        app.add_middleware(BodySizeLimit, max_bytes=self.config.server.max_body_bytes)
+        app.add_middleware(TracingMiddleware)  # outermost: a refused body is a traced request too
+        app.add_api_route("/healthz", self.healthz, methods=["GET"])
+        app.add_api_route("/readyz", self.readyz, methods=["GET"])
+        self.model_cards.install(app)
+        app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
+        app.add_api_route("/v1/completions", self.completions, methods=["POST"])
+        app.add_api_route("/v1/embeddings", self.embeddings_route.handle, methods=["POST"])
+        self.admin.install(app)
+        return app
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self.pipeline.handle(request, "chat")
+
+    async def completions(self, request: Request) -> Response:
+        return await self.pipeline.handle(request, "completions")
+
+    # ---- health ---------------------------------------------------------------------------------
+
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def readyz(self) -> JSONResponse:
+        handles = {**self.engines, **self.embedders}
+
+        async def check(model_id: str) -> str:
+            try:
+                await asyncio.wait_for(handles[model_id].check_health.remote(), READY_CHECK_TIMEOUT_S)
+                return "ready"
+            except Exception as exc:
+                return f"not ready: {type(exc).__name__}"
+
+        states = dict(zip(handles, await asyncio.gather(*(check(m) for m in handles)), strict=True))
+        ready = all(s == "ready" for s in states.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "models": states}, status_code=200 if ready else 503
+        )

@@ -1,0 +1,99 @@
+"""The generation path (/v1/chat/completions, /v1/completions) as a fixed list of stages.
+
+Each stage is a small module under router/stages/ with one job. It reads and extends the request's
+`RequestContext`, and may end the request early by returning a response (a cache hit, a RAG refusal)
+or raising an `OpenAIError` (any 4xx or 5xx). Their order, and why:
+
+1. **parse**: the body's `model`, and llm-serve's extensions (`rag`, `prompt`, `cache`) taken off it.
+2. **resolve**: model, routing alias, RAG alias, adapter and its version, and the fallback pools,
+   limited to what the key may use. Nothing is known about the request's cost or cache key before it.
+3. **render prompt**: a registry prompt's messages and output schema put into the body. This comes
+   before validation because the body must be checked as it will be sent.
+4. **validate**: against vLLM's protocol models. Streams always ask for usage.
+5. **admit**: rate limits and budget. This comes before anything that costs money or engine time:
+   retrieval embeds and searches, the semantic cache embeds, the engine generates.
+6. **retrieve**: RAG search and grounding. It runs after admission, and before the cache lookup,
+   because the grounded messages are part of what the answer depends on.
+7. **cache lookup**: exact and semantic. It comes only now, once the prompt version, the adapter
+   version and the grounded messages are known, since each of them is part of the key.
+8. **dispatch**: the engine pool, with fallbacks. Identical requests in flight share one call.
+9. **respond**: a JSON answer (priced, cached) or a relayed stream, which settles itself at its end.
+
+**Settlement** (ledger row, span, metrics, log) runs exactly once, in the `finally` below. The one
+exception is a relayed stream: it outlives this handler and settles in its own `finally`. The order
+of the list below is the order of the path. This is the one place it is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llm_serve.router.auth import KeyRing
+from llm_serve.router.context import RequestContext
+from llm_serve.router.errors import OpenAIError
+from llm_serve.router.observe import Observer, current
+from llm_serve.router.stages.parse import read_json
+from llm_serve.router.stages.respond import SettledStreamingResponse
+from llm_serve.router.stages.settle import Settler
+from llm_serve.telemetry import genai, tracing
+
+Stage = Callable[[RequestContext], Awaitable[Response | None]]
+
+
+class GenerationPipeline:
+    def __init__(
+        self,
+        stages: Sequence[tuple[str, Stage]],
+        *,
+        keys: KeyRing,
+        max_body_bytes: int,
+        observer: Observer,
+        settle: Settler,
+    ) -> None:
+        self.stages = tuple(stages)
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
+        self.observer = observer
+        self.settle = settle
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.stages)
+
+    async def handle(self, request: Request, route: str) -> Response:
+        with tracing.tracer().start_as_current_span("llm_serve.auth") as auth_span:
+            caller = self.keys.caller(request.headers)
+            auth_span.set_attribute("llm_serve.key", caller.name)
+        data = await read_json(request, self.max_body_bytes)
+        ctx = RequestContext.start(route, caller, request.headers, data)
+        # Only a recording tracer reads the attributes: with tracing off, none are built per request.
+        self.observer.begin(ctx, genai.request_attributes(route, data) if tracing.enabled() else {})
+        return await self.run(ctx)
+
+    async def run(self, ctx: RequestContext) -> Response:
+        """The stages in order, until one answers; then settlement, whatever happened."""
+        settles_itself = False
+        try:
+            with current(ctx.span):
+                for _name, stage in self.stages:
+                    response = await stage(ctx)
+                    if response is not None:
+                        settles_itself = isinstance(response, SettledStreamingResponse)
+                        return response
+            raise AssertionError("the last stage always answers")
+        except OpenAIError as exc:
+            ctx.fail(exc)
+            raise
+        except asyncio.CancelledError:
+            ctx.finish(499, "client disconnected")
+            raise
+        except Exception as exc:  # answered as a 500 by the error handler; still one ledger row
+            ctx.finish(500, f"{type(exc).__name__}: {exc}", "internal_error")
+            raise
+        finally:
+            if not settles_itself:
+                await asyncio.shield(self.settle(ctx))

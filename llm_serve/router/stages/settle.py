@@ -1,0 +1,67 @@
+"""Settle: price what was produced, then close the books on the request exactly once.
+
+Settlement writes the ledger row, ends the span, records the metrics and logs the request line. It
+runs once per request whatever happened (answered, refused, failed, client gone): the pipeline calls
+it in a `finally`, and a relayed stream, which outlives the handler, calls it from its own `finally`
+before its last event. `settled` makes a second call a no-op. A request that was refused before it
+named any model gets no ledger row (nothing to bill or to group by), but still its span and log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from llm_serve.config import Config
+from llm_serve.router.context import RequestContext
+from llm_serve.router.observe import Observer
+from llm_serve.router.state import StateClient
+
+logger = logging.getLogger("llm_serve.router")
+
+# Answers served from another request's engine call: priced by `cache.hit_billing`.
+SHARED_ANSWERS = ("hit", "semantic_hit", "coalesced")
+
+
+def price(config: Config, ctx: RequestContext, *, hit: bool) -> float:
+    """The cost of the tokens in `ctx.row`: the model's (or adapter's) price, or the cache-hit billing."""
+    row = ctx.row
+    model_price = config.price(row.model, row.adapter)
+    if not hit:
+        return model_price.cost(row.prompt_tokens, row.completion_tokens, row.cached_tokens)
+    billing = config.cache.hit_billing
+    if billing == "free":
+        return 0.0
+    if billing == "full":
+        return model_price.cost(row.prompt_tokens, row.completion_tokens)
+    return model_price.cost(row.prompt_tokens, 0, cached_tokens=row.prompt_tokens)
+
+
+def price_usage(config: Config, ctx: RequestContext, usage: dict[str, Any] | None) -> float:
+    """Take the engine's (or a cached answer's) usage into the row and price it; returns the cost."""
+    ctx.take_usage(usage)
+    ctx.row.cost_usd = price(config, ctx, hit=ctx.row.cache in SHARED_ANSWERS)
+    return ctx.row.cost_usd
+
+
+class Settler:
+    def __init__(self, state: StateClient, observer: Observer) -> None:
+        self.state = state
+        self.observer = observer
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if ctx.settled:
+            return
+        ctx.settled = True
+        row = ctx.row
+        row.latency_ms = round(ctx.elapsed_ms, 2)
+        row.ts = time.time()
+        self.observer.end(ctx)
+        ctx.log()
+        if not row.model and 400 <= row.status < 499:
+            return  # refused before naming a model: not worth a ledger row
+        try:
+            await self.state.record(row)
+        except Exception:
+            logger.exception("could not record request %s", row.request_id)
