@@ -32,20 +32,30 @@ def collection(stack) -> str:
     return COLLECTION
 
 
-def wait_for_spans(url: str, trace_id: str, names: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """Spans are exported in batches from each replica: poll until every expected name arrived."""
+def wait_for_spans(url: str, trace_id: str, expected: set[tuple[str, str | None]]) -> dict[str, list[dict[str, Any]]]:
+    """Spans are exported in batches from each replica: poll until every expected (name, kind) arrived.
+
+    By name and kind, not name alone: the router's CLIENT span and the engine's SERVER span are both
+    `chat {model}`, and on a slow engine the router's is exported long before the engine's.
+    """
     deadline = time.monotonic() + WAIT_S
     by_name: dict[str, list[dict[str, Any]]] = {}
+    missing = expected
     while time.monotonic() < deadline:
         resp = httpx.get(f"{url}/admin/traces/{trace_id}", timeout=10)
         if resp.status_code == 200:
             by_name = {}
             for span in resp.json()["spans"]:
                 by_name.setdefault(span["name"], []).append(span)
-            if names <= by_name.keys():
+            missing = {
+                (name, kind)
+                for name, kind in expected
+                if not any(kind is None or s["kind"] == kind for s in by_name.get(name, []))
+            }
+            if not missing:
                 return by_name
         time.sleep(0.5)
-    raise AssertionError(f"spans {sorted(names - by_name.keys())} of {trace_id} never arrived; got {sorted(by_name)}")
+    raise AssertionError(f"spans {sorted(missing, key=str)} of {trace_id} never arrived; got {sorted(by_name)}")
 
 
 def one(spans: dict[str, list[dict[str, Any]]], name: str, kind: str | None = None) -> dict[str, Any]:
@@ -71,15 +81,17 @@ def test_rag_request_is_one_trace_from_ingress_to_engine(stack, collection: str)
     )
     assert resp.status_code == 200 and resp.text.rstrip().endswith("data: [DONE]")
     assert resp.headers["x-trace-id"] == TRACE
-    names = {
-        "POST /v1/chat/completions",
-        f"chat {model}",
-        f"retrieval {collection}",
-        f"search {collection}",
-        f"embeddings {embedder}",
-        f"groundedness {collection}",
+    expected = {
+        ("POST /v1/chat/completions", "SERVER"),
+        (f"chat {model}", "CLIENT"),
+        (f"chat {model}", "SERVER"),
+        (f"retrieval {collection}", None),
+        (f"search {collection}", None),
+        (f"embeddings {embedder}", "CLIENT"),
+        (f"embeddings {embedder}", "SERVER"),
+        (f"groundedness {collection}", None),
     }
-    spans = wait_for_spans(stack.url, TRACE, names)
+    spans = wait_for_spans(stack.url, TRACE, expected)
     # Every span of every process carries the caller's trace id (the collector is queried by it).
     ingress = one(spans, "POST /v1/chat/completions")
     assert ingress["kind"] == "SERVER" and ingress["parent_span_id"] == CALLER_SPAN

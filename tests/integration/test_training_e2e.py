@@ -9,6 +9,7 @@ import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -112,13 +113,25 @@ def test_training_job_is_traced_from_driver_to_workers(stack, trained) -> None:
     trace_id = next(line.split()[-1] for line in trained["log"].splitlines() if "trace id:" in line)
     wanted = {"train.worker 0", "train.worker 1", "train.data_load", "train.model_load", "train.epoch 0"}
     wanted |= {"train.eval", "train.checkpoint", "train.publish"}
-    deadline, names, spans = time.monotonic() + 60, set(), []
-    while time.monotonic() < deadline and not wanted <= names:
+
+    nested = ("train.worker", "train.epoch", "train.data_load", "train.checkpoint")
+
+    def complete(spans: list[dict[str, Any]]) -> bool:
+        """Every wanted name, the driver's root, and the parent of every span the checks below follow up:
+        each process exports in batches, and a child span ends (and may be exported) before its parent."""
+        ids = {s["span_id"] for s in spans}
+        return (
+            wanted <= {s["name"] for s in spans}
+            and any(s["name"].startswith("train faq-lora-") for s in spans)
+            and all(s["parent_span_id"] in ids for s in spans if s["name"].startswith(nested))
+        )
+
+    deadline, spans = time.monotonic() + 60, []
+    while time.monotonic() < deadline and not complete(spans):
         resp = httpx.get(f"{stack.url}/admin/traces/{trace_id}", timeout=10)
         spans = resp.json().get("spans", []) if resp.status_code == 200 else []
-        names = {s["name"] for s in spans}
         time.sleep(1)
-    assert wanted <= names, sorted(names)
+    assert complete(spans), sorted(s["name"] for s in spans)
     by_id = {s["span_id"]: s for s in spans}
     root = next(s for s in spans if s["name"].startswith("train faq-lora-"))
     assert root["parent_span_id"] is None and root["attributes"]["llm_serve.adapter"] == f"{stack.model}:faq"

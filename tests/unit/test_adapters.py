@@ -10,8 +10,7 @@ import pytest
 
 from llm_serve.adapters import METADATA_FILE, AdapterRegistry
 from llm_serve.engine.lora_server import AdapterNotFound, split_adapter_id
-from tests.unit.test_router import FakeHandle
-from tests.unit.test_router_policies import A, B, Engine, assert_openai_error, build, chat
+from tests.unit.fakes import A, B, Engine, FakeHandle, assert_openai_error, build, chat
 
 
 def fake_adapter(tmp: Path, marker: str = "v1") -> Path:

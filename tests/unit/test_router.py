@@ -15,7 +15,6 @@ import httpx
 import numpy as np
 import pytest
 from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionResponse,
     ErrorInfo,
     ErrorResponse,
 )
@@ -23,56 +22,17 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 from llm_serve.config import parse_config
 from llm_serve.rag.embedder import EmbeddingResult
 from llm_serve.router.ingress import Router
+from tests.unit.fakes import (
+    MODEL,
+    FakeHandle,
+    agen,
+    assert_openai_error,
+    awaitable,
+    chat_response,
+    sse,
+)
 
-MODEL = "tiny"
 EMBED = "tiny-embed"
-
-
-class FakeMethod:
-    def __init__(self, handle: FakeHandle, name: str) -> None:
-        self.handle, self.name = handle, name
-
-    def remote(self, body: Any = None, raw: Any = None) -> Any:
-        if self.name != "check_health":
-            self.handle.calls.append((self.name, body))
-            self.handle.raw.append(raw)
-        return self.handle.behaviour(self.name, body)
-
-
-class FakeHandle:
-    """Mimics a DeploymentHandle: `.options(stream=True).chat.remote(body, None)` -> async iterator."""
-
-    def __init__(self, behaviour: Callable[[str, Any], Any]) -> None:
-        self.behaviour = behaviour
-        self.calls: list[tuple[str, Any]] = []
-        self.raw: list[Any] = []  # the second argument of each call (RawRequestInfo: trace headers)
-
-    def options(self, **_: Any) -> FakeHandle:
-        return self
-
-    def __getattr__(self, name: str) -> FakeMethod:
-        return FakeMethod(self, name)
-
-
-async def agen(items: list[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        if isinstance(item, Exception):
-            raise item
-        yield item
-
-
-def chat_response(text: str = "hello") -> ChatCompletionResponse:
-    return ChatCompletionResponse(
-        id="chatcmpl-1",
-        model=MODEL,
-        created=1,
-        choices=[{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        usage={"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
-    )
-
-
-def sse(payload: dict) -> str:
-    return f"data: {json.dumps(payload)}\n\n"
 
 
 STREAM = [
@@ -117,35 +77,20 @@ def make_client(
 
 def default_behaviour(name: str, body: Any) -> Any:
     if name == "check_health":
-        return _awaitable(None)
+        return awaitable(None)
     if body.stream:
         return agen(STREAM)
     return agen([chat_response()])
 
 
-async def _awaitable(value: Any) -> Any:
-    return value
-
-
 def default_embed(name: str, texts: Any) -> Any:
     if name == "check_health":
-        return _awaitable(None)
+        return awaitable(None)
     vectors = np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
-    return _awaitable(EmbeddingResult(vectors, [2] * len(texts)))
+    return awaitable(EmbeddingResult(vectors, [2] * len(texts)))
 
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-
-
-def assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error"}
-    assert {"message", "type", "code"} <= set(body["error"])
-    assert body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 async def test_models_are_listed_and_retrievable() -> None:
@@ -356,7 +301,7 @@ async def test_embedding_errors(body: dict, status: int, param: str) -> None:
 
 async def test_embedding_refusal_from_the_model_is_400() -> None:
     def refuse(name: str, texts: Any) -> Any:
-        return _awaitable(EmbeddingResult(None, [300], error="input[0] has 300 tokens", error_param="input"))
+        return awaitable(EmbeddingResult(None, [300], error="input[0] has 300 tokens", error_param="input"))
 
     client, _ = make_client(default_behaviour, embed=refuse)
     async with client:

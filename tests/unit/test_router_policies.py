@@ -5,114 +5,27 @@ the router's HTTP app with stand-in engines (counted calls) and the real RouterS
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from llm_serve.config import parse_config
-from llm_serve.prompts import PromptRegistry, default_prompts_dir
-from llm_serve.router.ingress import Router
 from llm_serve.router.state import RouterState
-from tests.unit.test_router import FakeHandle, _awaitable, assert_openai_error, chat_response, sse
-
-A, B = "model-a", "model-b"
-KEYS = {"alice": "sk-alice", "bob": "sk-bob", "admin": "sk-admin"}
-
-
-def sha(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def stream_items(text: str = "hi!", model: str = A) -> list[Any]:
-    head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model}
-    return [
-        [sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})],
-        [sse({**head, "choices": [{"index": 0, "delta": {"content": text}}]})],
-        [
-            sse({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
-            sse({**head, "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14}}),
-            "data: [DONE]\n\n",
-        ],
-    ]
-
-
-class Engine:
-    """A stand-in engine pool that counts calls, answers after `delay_s`, or fails."""
-
-    def __init__(self, model: str, *, delay_s: float = 0.0, fail: bool = False) -> None:
-        self.model, self.delay_s, self.fail = model, delay_s, fail
-        self.handle = FakeHandle(self.behaviour)
-
-    @property
-    def calls(self) -> list[Any]:
-        return self.handle.calls
-
-    def behaviour(self, name: str, body: Any) -> Any:
-        if name == "check_health":
-            return _awaitable(None)
-        return self._results(body)
-
-    async def _results(self, body: Any) -> AsyncIterator[Any]:
-        await asyncio.sleep(self.delay_s)
-        if self.fail:
-            raise RuntimeError("replica died")
-        text = f"answer from {self.model}"
-        if body.stream:
-            for item in stream_items(text, self.model):
-                yield item
-        else:
-            response = chat_response(text)
-            response.model = self.model
-            yield response
-
-
-def build(
-    extra: dict[str, Any] | None = None, *, engines: dict[str, Engine] | None = None, prompts: bool = False
-) -> tuple[httpx.AsyncClient, dict[str, Engine], RouterState]:
-    config = parse_config(
-        {
-            "models": [
-                {"id": A, "source": "x", "price": {"input_per_1m": 1.0, "output_per_1m": 2.0}},
-                {"id": B, "source": "x", "price": {"input_per_1m": 0.5, "output_per_1m": 1.0}},
-            ],
-            "embedding_models": [],
-            **(extra or {}),
-        }
-    )
-    engines = engines or {A: Engine(A), B: Engine(B)}
-    state = RouterState(config)
-    registry = {"registry": PromptRegistry.load(default_prompts_dir()).to_dict()} if prompts else None
-    router = Router(config, {m: e.handle for m, e in engines.items()}, {}, registry, state=state)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=router.build_asgi_app()), base_url="http://test")
-    return client, engines, state
-
-
-def keys_config(**alice: Any) -> dict[str, Any]:
-    return {
-        "auth": {
-            "keys": [
-                {"name": "alice", "key_sha256": sha(KEYS["alice"]), **alice},
-                {"name": "bob", "key_sha256": sha(KEYS["bob"]), "models": [B]},
-                {"name": "admin", "key_sha256": sha(KEYS["admin"]), "admin": True},
-            ]
-        }
-    }
-
-
-def auth(name: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {KEYS[name]}"}
-
-
-def chat(model: str = A, question: str = "hi", **extra: Any) -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": question}], **extra}
-
-
-GREEDY = {"temperature": 0}
-
+from tests.unit.fakes import (
+    GREEDY,
+    KEYS,
+    A,
+    B,
+    Engine,
+    assert_openai_error,
+    auth,
+    build,
+    chat,
+    keys_config,
+    stream_items,
+)
 
 # ---- keys -----------------------------------------------------------------------------------------
 

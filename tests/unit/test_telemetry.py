@@ -24,7 +24,7 @@ from llm_serve.telemetry import metrics as metrics_module
 from llm_serve.telemetry import tracing
 from llm_serve.telemetry.collector import local_store
 from llm_serve.telemetry.metrics import ServingMetrics
-from tests.unit.test_router_policies import GREEDY, A, B, Engine, chat, stream_items
+from tests.unit.fakes import GREEDY, A, B, Engine, chat, stream_items
 
 INCOMING_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 INCOMING_SPAN = "00f067aa0ba902b7"
