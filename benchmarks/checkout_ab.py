@@ -105,12 +105,11 @@ def run_leg(label: str, tree: Path, args: argparse.Namespace) -> Path:
     return out
 
 
-def report(legs: list[tuple[str, Path]], args: argparse.Namespace, command: str) -> dict[str, Any]:
-    """Medians over each leg's rounds; every leg against the median of the first label's legs."""
+def report(legs: list[tuple[str, Path]], base_label: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Medians over each label's rounds (all its legs); every label against `base_label`'s."""
     by_label: dict[str, list[dict[str, Any]]] = {}
     for label, path in legs:
         by_label.setdefault(label, []).append(json.loads(path.read_text()))
-    base_label = legs[0][0]
 
     def median(label: str, key: str) -> float:
         return statistics.median(r[key] for leg in by_label[label] for r in leg["rounds"])
@@ -143,8 +142,36 @@ def report(legs: list[tuple[str, Path]], args: argparse.Namespace, command: str)
             f"warmed up, then {args.rounds} rounds of {args.requests} streamed synthetic chat requests "
             f"(~64-token prompts, {args.max_tokens} output tokens, ignore_eos, cache: false) at "
             f"{args.concurrency} clients. Medians over all rounds of a label. Output tok/s per round: {rounds}."
+            + (f" {args.notes}" if args.notes else "")
         ),
     }
+
+
+def plot(legs: list[tuple[str, Path]], out: Path, concurrency: int) -> None:
+    """Output tok/s of every round, leg by leg in the order they ran, one colour per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    colours: dict[str, str] = {}
+    for i, (label, path) in enumerate(legs):
+        values = [r["output_tokens_per_s"] for r in json.loads(path.read_text())["rounds"]]
+        colour = colours.setdefault(label, f"C{len(colours)}")
+        ax.scatter(
+            [i] * len(values),
+            values,
+            color=colour,
+            label=label if label not in ax.get_legend_handles_labels()[1] else None,
+        )
+        ax.hlines(statistics.median(values), i - 0.25, i + 0.25, color=colour)
+    ax.set_xticks(range(len(legs)), [f"{label}\nleg {i + 1}" for i, (label, _) in enumerate(legs)])
+    ax.set(ylabel="output tokens/s", title=f"Same load on two checkouts, {concurrency} clients (rounds; line: median)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--order", nargs="+", metavar="LABEL", help="legs to run, in order (labels of --rev)")
     parser.add_argument("--report", nargs="+", metavar="LABEL", help="only report the legs already run")
     parser.add_argument("--scenario", default="checkout-ab")
+    parser.add_argument("--notes", help="more to say in the report's notes")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--requests", type=int, default=64)
@@ -166,13 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "python benchmarks/checkout_ab.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report:
-        legs = [(label, path) for label in args.report for path in sorted(RAW.glob(f"ab-{label}-*.json"))]
+        legs = [(label, path) for label in args.report for path in RAW.glob(f"ab-{label}-*.json")]
+        legs.sort(key=lambda leg: int(leg[1].stem.rsplit("-", 1)[1]))  # the order they ran in
+        base = args.report[0]
     else:
         revs = dict(item.split("=", 1) for item in args.rev)
         worktrees = Path(tempfile.mkdtemp(prefix="llm-serve-ab-"))
-        legs = [(label, run_leg(label, checkout(revs[label], worktrees), args)) for label in args.order]
-    result = report(legs, args, command)
+        try:
+            legs = [(label, run_leg(label, checkout(revs[label], worktrees), args)) for label in args.order]
+        finally:
+            for tree in worktrees.iterdir():
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        base = args.order[0]
+    result = report(legs, base, args, command)
     write_report(result)
+    plot(legs, RESULTS / f"{args.scenario}.png", args.concurrency)
     return 0
 
 

@@ -20,11 +20,11 @@ from llm_serve.rag.embedder import embed_remote
 from llm_serve.router.auth import Caller, KeyRing
 from llm_serve.router.context import RequestContext
 from llm_serve.router.errors import OpenAIError, invalid_body
-from llm_serve.router.observe import Observer, current
+from llm_serve.router.observe import Observer
 from llm_serve.router.stages.admit import Admit
 from llm_serve.router.stages.dispatch import call_failed
 from llm_serve.router.stages.parse import read_json
-from llm_serve.router.stages.settle import Settler
+from llm_serve.router.stages.settle import Settler, settled
 from llm_serve.telemetry import genai
 
 
@@ -103,20 +103,7 @@ class EmbeddingsRoute:
         ctx = RequestContext.start("embeddings", caller, request.headers, data)
         ctx.row.stream, ctx.model_known = False, True
         self.observer.begin(ctx, {genai.OPERATION: "embeddings", genai.REQUEST_MODEL: model_id})
-        try:
-            with current(ctx.span):
-                return await self._embed(ctx, model_id, body, texts)
-        except OpenAIError as exc:
-            ctx.fail(exc)
-            raise
-        except asyncio.CancelledError:
-            ctx.finish(499, "client disconnected")
-            raise
-        except Exception as exc:  # answered as a 500 by the error handler; still one ledger row
-            ctx.finish(500, f"{type(exc).__name__}: {exc}", "internal_error")
-            raise
-        finally:
-            await asyncio.shield(self.settle(ctx))
+        return await settled(ctx, self.settle, lambda: self._embed(ctx, model_id, body, texts))
 
     def _model(self, data: dict[str, Any], caller: Caller) -> str:
         model_id = data.get("model")

@@ -26,7 +26,6 @@ of the list below is the order of the path. This is the one place it is written.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.requests import Request
@@ -34,11 +33,9 @@ from starlette.responses import Response
 
 from llm_serve.router.auth import KeyRing
 from llm_serve.router.context import RequestContext
-from llm_serve.router.errors import OpenAIError
-from llm_serve.router.observe import Observer, current
+from llm_serve.router.observe import Observer
 from llm_serve.router.stages.parse import read_json
-from llm_serve.router.stages.respond import SettledStreamingResponse
-from llm_serve.router.stages.settle import Settler
+from llm_serve.router.stages.settle import Settler, settled
 from llm_serve.telemetry import genai, tracing
 
 Stage = Callable[[RequestContext], Awaitable[Response | None]]
@@ -76,24 +73,11 @@ class GenerationPipeline:
 
     async def run(self, ctx: RequestContext) -> Response:
         """The stages in order, until one answers; then settlement, whatever happened."""
-        settles_itself = False
-        try:
-            with current(ctx.span):
-                for _name, stage in self.stages:
-                    response = await stage(ctx)
-                    if response is not None:
-                        settles_itself = isinstance(response, SettledStreamingResponse)
-                        return response
-            raise AssertionError("the last stage always answers")
-        except OpenAIError as exc:
-            ctx.fail(exc)
-            raise
-        except asyncio.CancelledError:
-            ctx.finish(499, "client disconnected")
-            raise
-        except Exception as exc:  # answered as a 500 by the error handler; still one ledger row
-            ctx.finish(500, f"{type(exc).__name__}: {exc}", "internal_error")
-            raise
-        finally:
-            if not settles_itself:
-                await asyncio.shield(self.settle(ctx))
+        return await settled(ctx, self.settle, lambda: self._stages(ctx))
+
+    async def _stages(self, ctx: RequestContext) -> Response:
+        for _name, stage in self.stages:
+            response = await stage(ctx)
+            if response is not None:
+                return response
+        raise AssertionError("the last stage always answers")

@@ -158,6 +158,8 @@ class SettledStreamingResponse(StreamingResponse):
     calls `settle` after sending, however sending ended.
     """
 
+    settles_itself = True  # the handler that returns it leaves settlement to it
+
     def __init__(self, content: Any, *, settle: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._settle = settle

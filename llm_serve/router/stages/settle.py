@@ -9,13 +9,18 @@ named any model gets no ledger row (nothing to bill or to group by), but still i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from starlette.responses import Response
 
 from llm_serve.config import Config
 from llm_serve.router.context import RequestContext
-from llm_serve.router.observe import Observer
+from llm_serve.router.errors import OpenAIError
+from llm_serve.router.observe import Observer, current
 from llm_serve.router.state import StateClient
 
 logger = logging.getLogger("llm_serve.router")
@@ -65,3 +70,32 @@ class Settler:
             await self.state.record(row)
         except Exception:
             logger.exception("could not record request %s", row.request_id)
+
+
+async def settled(
+    ctx: RequestContext, settle: Callable[[RequestContext], Awaitable[None]], work: Callable[[], Awaitable[Response]]
+) -> Response:
+    """Run a request's `work` inside its span, note how it ended, and settle it once in a `finally`.
+
+    A response that settles itself (a relayed stream, which outlives this call: `settles_itself`) is
+    left to do so. A 4xx or 5xx is the request's status; a cancellation is 499 (the client went away);
+    anything unexpected is a 500 that the error handler answers, still with one ledger row.
+    """
+    settles_itself = False
+    try:
+        with current(ctx.span):
+            response = await work()
+        settles_itself = getattr(response, "settles_itself", False)
+        return response
+    except OpenAIError as exc:
+        ctx.fail(exc)
+        raise
+    except asyncio.CancelledError:
+        ctx.finish(499, "client disconnected")
+        raise
+    except Exception as exc:
+        ctx.finish(500, f"{type(exc).__name__}: {exc}", "internal_error")
+        raise
+    finally:
+        if not settles_itself:
+            await asyncio.shield(settle(ctx))
