@@ -96,8 +96,10 @@ def deploy_untraced(config: Config) -> None:
 
     from llm_serve.app import load_prompt_registry, load_rag_prompt
     from llm_serve.engine.pool import deployment_safe, engine_deployment_name
+    from llm_serve.local_cluster import ray_env
     from llm_serve.router.ingress import Router
 
+    os.environ.update(ray_env(config))  # the bench stack's Ray wants its token
     ray.init(address=f"127.0.0.1:{config.ray.gcs_port}", namespace="llm-serve", log_to_driver=False)
     off = config.model_copy(deep=True)
     off.telemetry.tracing.enabled = False

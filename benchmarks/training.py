@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import RESULTS, machine, metric, write_report  # noqa: E402
 from benchmarks.stack import BenchStack  # noqa: E402
+from llm_serve.local_cluster import ray_env  # noqa: E402
 from llm_serve.models import resolve_model_source  # noqa: E402
 from train.config import TrainConfig, load_train_config, project_path  # noqa: E402
 
@@ -113,7 +114,7 @@ def submit_and_serve(stack: BenchStack, recipe: Path, adapter: str) -> dict[str,
     env = {
         **stack.env,
         "RAY_ADDRESS": f"http://127.0.0.1:{stack.config.ray.dashboard_port}",
-        "RAY_AUTH_MODE": "disabled",
+        **ray_env(stack.config),  # the bench stack's Ray wants its token
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     started = time.monotonic()

@@ -41,8 +41,9 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
     # restart engine replicas of a stack that does not trace.
     tracing = config.telemetry.tracing.model_dump(mode="json") if config.telemetry.tracing.enabled else None
     engines: dict[str, Application] = {}
+    sources: dict[str, str] = {}  # where the router loads each pool's tokenizer from (for reservations)
     for model in config.models:
-        source = resolve_model_source(model.source, config.home_path, pull=pull_models)
+        source = sources[model.id] = resolve_model_source(model.source, config.home_path, pull=pull_models)
         engines[model.id] = build_engine_deployment(
             model, source, config.adapter_registry(model), str(config.home_path / "cache" / "adapters"), tracing
         )
@@ -70,7 +71,7 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
         ray_actor_options={"num_cpus": config.router.num_cpus},
     )
     prompts = {"rag": load_rag_prompt(config).to_dict(), "registry": load_prompt_registry(config).to_dict()}
-    return router.bind(config.model_dump(mode="json"), engines, embedders, prompts, state)
+    return router.bind(config.model_dump(mode="json"), engines, embedders, prompts, state, sources)
 
 
 def _project_path(value: str) -> Path:

@@ -7,6 +7,7 @@ typo found after a two-minute engine compile is a typo found too late.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -30,6 +31,16 @@ def _check_model_id(value: str) -> str:
 
 # A model id as clients send it in `model`: checked once here for every kind of model.
 ModelId = Annotated[str, AfterValidator(_check_model_id)]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (a name other than localhost is assumed reachable)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Strict(BaseModel):
@@ -72,12 +83,23 @@ class ServerConfig(Strict):
     """The HTTP side: where Serve's proxy listens and what it accepts."""
 
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds to.")
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve a non-loopback address without API keys. Off: such a config is refused at load, "
+        "since anyone who can connect could spend, read the ledger and see traces.",
+    )
     port: int = Field(8000, ge=1, le=65535, description="Port of the OpenAI-compatible endpoint.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted; larger bodies get 413.")
     request_timeout_s: float = Field(
         600.0, gt=0, description="Upper bound on one request end to end; past it the client gets 504."
     )
     ready_timeout_s: float = Field(900.0, gt=0, description="How long `up` waits for the application to become ready.")
+    billing_grace_s: float = Field(
+        120.0,
+        ge=0,
+        description="A non-streamed answer whose client left (or timed out) is still waited for this long, so "
+        "that what the engine produced is priced from its usage; past it the engine call is aborted.",
+    )
 
 
 class RouterConfig(Strict):
@@ -88,6 +110,18 @@ class RouterConfig(Strict):
         512, ge=1, description="Concurrent requests one router replica holds before Serve queues."
     )
     num_cpus: float = Field(0.0, ge=0, description="Logical CPUs reserved per router replica.")
+    state_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for the router-state actor (limits, budgets, ledger, exact cache); past it "
+        "a request gets 503 state_unavailable instead of hanging.",
+    )
+    prompt_overhead_tokens: int = Field(
+        64,
+        ge=0,
+        description="Reservations count a prompt with the model's tokenizer; where the router cannot load it, "
+        "as its UTF-8 bytes (a token is at least one byte) plus this much for the chat template.",
+    )
 
 
 class Price(Strict):
@@ -339,6 +373,44 @@ class RagConfig(Strict):
         return self
 
 
+class RequestLimits(Strict):
+    """Caps on the work one request may ask for; unset fields do not cap.
+
+    The top-level `limits` holds the service's caps; a key's `limits` can only tighten them (the
+    lower of the two applies). A request over a cap is refused with 400 `limit_exceeded` naming the
+    field, before it is admitted or reaches an engine.
+    """
+
+    max_n: int | None = Field(None, ge=1, description="Most choices (`n`) per request.")
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most output tokens per choice (`max_tokens` / `max_completion_tokens`); also the value a "
+        "request gets when it sets none.",
+    )
+    max_messages: int | None = Field(None, ge=1, description="Most chat messages per request.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Longest prompt, estimated at 4 characters per token (the engine checks the context)."
+    )
+    max_embedding_inputs: int | None = Field(None, ge=1, description="Most texts per /v1/embeddings request.")
+    max_embedding_input_chars: int | None = Field(None, ge=1, description="Longest single text to embed.")
+
+    def tightened(self, other: RequestLimits | None) -> RequestLimits:
+        """The caps that hold when both apply: the lower of each pair."""
+        if other is None:
+            return self
+        merged = {}
+        for name in type(self).model_fields:
+            values = [v for v in (getattr(self, name), getattr(other, name)) if v is not None]
+            merged[name] = min(values) if values else None
+        return RequestLimits(**merged)
+
+
+def _default_limits() -> RequestLimits:
+    # n and messages bound the work of one request whatever the model; 1000 choices once tied up the engine.
+    return RequestLimits(max_n=16, max_messages=512, max_embedding_input_chars=100_000)
+
+
 class ApiKey(Strict):
     """One API key (a tenant): what it may call, how fast, and how much it may spend.
 
@@ -350,11 +422,20 @@ class ApiKey(Strict):
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key.")
     key_env: str | None = Field(None, description="Environment variable holding the key (read at start).")
     models: list[str] | None = Field(None, description="Model ids (or aliases) allowed; None allows all.")
+    collections: list[str] = Field(
+        default_factory=list,
+        description="Collections this key may name in a request's `rag.collection` ('*': any). A RAG alias the "
+        "key may use (see `models`) reaches its own collection whatever this says; none by default.",
+    )
+    prompts: list[str] | None = Field(None, description="Registry prompt names allowed; None allows all.")
     rpm: int | None = Field(None, ge=1, description="Requests per minute (sliding window).")
     tpm: int | None = Field(None, ge=1, description="Tokens (prompt + completion) per minute (sliding window).")
     budget_usd: float | None = Field(None, ge=0, description="Spend allowed per budget period.")
     budget_period: Literal["day", "month", "total"] = Field("month", description="Calendar period (UTC).")
     admin: bool = Field(False, description="May read /admin/usage for every key.")
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits, description="This key's caps; the lower of these and the global ones apply."
+    )
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKey:
@@ -462,6 +543,13 @@ class RoutingConfig(Strict):
         description="Per model: pools tried in order when its engine fails or is overloaded before answering.",
     )
     max_attempts: int = Field(3, ge=1, description="Pools tried per request, the first included.")
+    breaker_failures: int = Field(
+        3, ge=1, description="Consecutive failed calls after which a pool counts as down (fast 503s, fallbacks)."
+    )
+    breaker_probe_interval_s: float = Field(
+        5.0, gt=0, description="How often a down pool is probed (its health check); also the Retry-After given."
+    )
+    breaker_probe_timeout_s: float = Field(5.0, gt=0, description="How long one probe of a down pool may take.")
     auto: list[AutoRule] = Field(
         default_factory=list, description="Rules for `model: auto`, first match wins; empty disables 'auto'."
     )
@@ -492,6 +580,12 @@ class TracingConfig(Strict):
     headers: dict[str, str] = Field(default_factory=dict, description="Extra OTLP headers (e.g. auth for a SaaS).")
     sampling_ratio: float = Field(
         1.0, ge=0.0, le=1.0, description="Share of new traces recorded; an incoming sampled `traceparent` wins."
+    )
+    max_incoming_traces_per_s: float = Field(
+        50.0,
+        gt=0,
+        description="Sampled `traceparent`s from callers are followed up to this many new traces a second per "
+        "process: a client cannot make every request traced and crowd the others out.",
     )
     capture_content: bool = Field(
         False, description="Put prompts and completions on spans (gen_ai.input/output.messages). Off: privacy."
@@ -564,6 +658,7 @@ class Config(Strict):
     )
     rag: RagConfig = Field(default_factory=RagConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: RequestLimits = Field(default_factory=_default_limits, description="Caps on every request.")
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
@@ -583,6 +678,11 @@ class Config(Strict):
                 raise ValueError(f"rag alias {alias.id!r} names model {alias.model!r}, which is not served")
         if self.rag.embedding_model not in {m.id for m in self.embedding_models} and self.rag.aliases:
             raise ValueError(f"rag.embedding_model {self.rag.embedding_model!r} is not in embedding_models")
+        if not self.auth.keys and not is_loopback(self.server.host) and not self.server.allow_unauthenticated:
+            raise ValueError(
+                f"server.host {self.server.host!r} is reachable from other machines and no auth.keys are "
+                "configured; add keys (llm-serve keys create NAME) or set server.allow_unauthenticated: true"
+            )
         if not self.ledger.enabled and any(k.budget_usd is not None for k in self.auth.keys):
             raise ValueError("budgets need the ledger (ledger.enabled: true)")
         semantic = self.cache.semantic

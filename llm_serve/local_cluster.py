@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,14 +25,33 @@ from llm_serve.config import Config
 
 STATE_FILE = "run/up.json"
 RAY_ENV = {
-    # Local and bound to 127.0.0.1: token auth only gets in the way of our own driver.
-    "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
     # `down` stops the whole tree itself; Ray's own drain-on-SIGTERM (for KubeRay pod deletion)
     # would only add 30 s of waiting on a single machine.
     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
 }
 STOP_GRACE_S = 20.0
+TOKEN_FILE = "ray-auth-token"
+
+
+def auth_token_path(config: Config) -> Path:
+    """The private Ray's token: made once per llm-serve home, readable by its owner only."""
+    path = config.home_path / TOKEN_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    return path
+
+
+def ray_env(config: Config) -> dict[str, str]:
+    """The environment of the private Ray and of every client of it (the CLI, jobs, `ray job submit`).
+
+    Ray's token auth is on: the GCS, the dashboard and job submission want the token, so another
+    user (or a process without the home's token file) on the same host cannot submit jobs to it.
+    """
+    return {**RAY_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(auth_token_path(config))}
 
 
 class ClusterError(RuntimeError):
@@ -193,7 +213,7 @@ def start_head(config: Config, log_file: Path) -> subprocess.Popen[bytes]:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     # Jobs submitted to this cluster run `llm-serve ...` and `python`: the interpreter's bin first.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    env = {**os.environ, **RAY_ENV, "PATH": path}
+    env = {**os.environ, **ray_env(config), "PATH": path}
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(
             _ray_start_command(config, temp_dir),

@@ -51,11 +51,11 @@ def connect(config: Config, address: str | None = None) -> str:
         state = lc.read_state(config)
         if state is not None and state.gcs_address and lc.pid_alive(state.ray_pid):
             address = state.gcs_address
-            os.environ.update(lc.RAY_ENV)
+            os.environ.update(lc.ray_env(config))
     if address is not None:
         ray.init(address=address, log_to_driver=True)
         return f"Ray at {address}"
-    os.environ.update(lc.RAY_ENV)
+    os.environ.update(lc.ray_env(config))
     # Ray Train's controller watches its workers through the state API, which lives in the dashboard.
     ray.init(
         address="local",

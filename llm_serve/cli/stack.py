@@ -36,7 +36,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         resolve_model_source(model.source, config.home_path, pull=True)
 
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    os.environ.update(lc.RAY_ENV)
+    os.environ.update(lc.ray_env(config))
     state = lc.RunState(
         ray_pid=0,
         gcs_address=address or "",

@@ -1,6 +1,7 @@
 """Admin routes: spend and the latest ledger rows, cache counters, and traces held in memory.
 
-Only admin keys may call them; with auth off (no keys configured) every caller may.
+Only admin keys may call them. With auth off (no keys configured) every caller may, but only on a
+loopback address: an endpoint open to the network never shows its ledger or traces without a key.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from llm_serve.config import Config
+from llm_serve.config import Config, is_loopback
 from llm_serve.router.auth import Caller, KeyRing
 from llm_serve.router.coalesce import Coalescer
 from llm_serve.router.errors import OpenAIError
@@ -38,6 +39,11 @@ class AdminRoutes:
 
     def _admin(self, request: Request) -> Caller:
         caller = self.keys.caller(request.headers)
+        if caller.key is None and not is_loopback(self.config.server.host):
+            # Open to everyone who can connect (allow_unauthenticated): never the ledger or the traces.
+            raise OpenAIError(
+                403, "admin routes need an admin key when the endpoint is not on loopback", code="admin_only"
+            )
         if caller.key is not None and not caller.key.admin:
             raise OpenAIError(403, f"The API key '{caller.name}' is not an admin key", code="admin_only")
         return caller

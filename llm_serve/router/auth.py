@@ -40,6 +40,17 @@ class Caller:
     def may_use(self, model_id: str) -> bool:
         return self.key is None or self.key.models is None or model_id in self.key.models
 
+    def may_search(self, collection: str) -> bool:
+        """Whether the key may name `collection` itself (a RAG alias it may use reaches its own anyway)."""
+        return self.key is None or "*" in self.key.collections or collection in self.key.collections
+
+    def may_render(self, prompt: str) -> bool:
+        return self.key is None or self.key.prompts is None or prompt in self.key.prompts
+
+
+# The caller of every request when auth is off (no keys configured).
+OPEN = Caller(ANONYMOUS, None)
+
 
 class KeyRing:
     def __init__(self, config: AuthConfig) -> None:
@@ -61,7 +72,7 @@ class KeyRing:
 
     def authenticate(self, authorization: str | None, x_api_key: str | None) -> Caller:
         if not self.enabled:
-            return Caller(ANONYMOUS, None)
+            return OPEN
         presented = x_api_key
         if authorization:
             scheme, _, value = authorization.partition(" ")

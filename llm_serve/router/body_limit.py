@@ -1,13 +1,21 @@
-"""Reject oversized bodies by their Content-Length before reading them (413, OpenAI format).
+"""Bound request bodies: by Content-Length before reading, and while reading when there is none.
 
-Bodies without a length (chunked) are still bounded: the handlers check the size they read.
+A declared length over the limit is refused at once (413, OpenAI's format). A chunked body has no
+length to check, so the bytes are counted as they arrive and reading stops at the limit: a client
+cannot make the router buffer more than `max_bytes` of one body.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_serve.router.errors import OpenAIError
+
+
+def too_large(length: int, max_bytes: int) -> OpenAIError:
+    return OpenAIError(
+        413, f"request body of {length} bytes exceeds the limit of {max_bytes} bytes", code="request_too_large"
+    )
 
 
 class BodySizeLimit:
@@ -16,22 +24,33 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length":
-                    try:
-                        length = int(value)
-                    except ValueError:
-                        length = -1
-                    if length > self.max_bytes or length < 0:
-                        message = (
-                            f"request body of {length} bytes exceeds the limit of {self.max_bytes} bytes"
-                            if length >= 0
-                            else "invalid Content-Length header"
-                        )
-                        status = 413 if length >= 0 else 400
-                        code = "request_too_large" if length >= 0 else "invalid_request"
-                        await OpenAIError(status, message, code=code).response()(scope, receive, send)
-                        return
-                    break
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = -1
+                if length < 0:
+                    error = OpenAIError(400, "invalid Content-Length header", code="invalid_request")
+                    await error.response()(scope, receive, send)
+                    return
+                if length > self.max_bytes:
+                    await too_large(length, self.max_bytes).response()(scope, receive, send)
+                    return
+                break
+        received = 0
+
+        async def counted() -> Message:
+            """The app's receive: raises (answered as a 413 by the error handlers) past the limit."""
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise too_large(received, self.max_bytes)
+            return message
+
+        await self.app(scope, counted, send)

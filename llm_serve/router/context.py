@@ -10,6 +10,7 @@ the ledger.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -28,6 +29,24 @@ from llm_serve.router.errors import OpenAIError
 from llm_serve.router.ledger import LedgerRow
 
 logger = logging.getLogger("llm_serve.router")
+
+# A client's own request id goes into the ledger (64 characters) and the logs: nothing else is taken.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id(headers: Mapping[str, str]) -> str:
+    """The client's `x-request-id` when it sent a well-formed one, a fresh id when it sent none."""
+    given = headers.get(h.REQUEST_ID)
+    if not given:
+        return uuid.uuid4().hex
+    if not REQUEST_ID.match(given):
+        raise OpenAIError(
+            400,
+            "x-request-id must be 1 to 64 letters, digits or . _ : -",
+            code="invalid_request_id",
+            param=h.REQUEST_ID,
+        )
+    return given
 
 
 @dataclass
@@ -75,7 +94,12 @@ class RequestContext:
     # validate: the engine request (vLLM's protocol object) and what the client asked of the stream
     body: Any = None
     include_usage: bool = False
+    continuous_usage: bool = False  # the client's own `continuous_usage_stats`
     estimated_prompt_tokens: int = 0
+
+    # admit: what is held against the key's budget and tpm until settlement, and the prompt's count
+    reservation: str | None = None
+    prompt_tokens_bound: int | None = None
 
     # retrieve: what the response reports (sources, rag info) and, when sampled, the monitor's context
     extra: dict[str, Any] | None = None
@@ -84,9 +108,11 @@ class RequestContext:
     # cache lookup
     lookup: CacheLookup | None = None
 
-    # dispatch: the engine's first result and the rest of its stream
+    # dispatch: the engine's first result and the rest of its stream; the flight driving the call, if any
     first: Any = None
     results: Any = None
+    flight: Any = None
+    owns_flight: bool = False  # this request started the flight: it pays for all the flight produced
     ttft_s: float | None = None  # streamed requests: time to the engine's first output
 
     # settle
@@ -100,7 +126,7 @@ class RequestContext:
     def start(cls, route: str, caller: Caller, headers: Mapping[str, str], data: dict[str, Any]) -> RequestContext:
         requested = data.get("model")
         row = LedgerRow(
-            request_id=headers.get(h.REQUEST_ID) or uuid.uuid4().hex,
+            request_id=request_id(headers),
             key_name=caller.name,
             route=route,
             model=requested if isinstance(requested, str) else "",

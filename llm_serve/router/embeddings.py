@@ -23,6 +23,7 @@ from llm_serve.router.errors import OpenAIError, invalid_body
 from llm_serve.router.observe import Observer
 from llm_serve.router.stages.admit import Admit
 from llm_serve.router.stages.dispatch import call_failed
+from llm_serve.router.stages.limits import limits_for
 from llm_serve.router.stages.parse import read_json
 from llm_serve.router.stages.settle import Settler, settled
 from llm_serve.telemetry import genai
@@ -40,7 +41,9 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
-def parse_embedding_request(data: dict[str, Any], max_inputs: int) -> tuple[EmbeddingRequest, list[str]]:
+def parse_embedding_request(
+    data: dict[str, Any], max_inputs: int, max_chars: int | None = None
+) -> tuple[EmbeddingRequest, list[str]]:
     """Validate the body and return the texts; every refusal names the field, as OpenAI does."""
     try:
         request = EmbeddingRequest.model_validate(data)
@@ -57,6 +60,10 @@ def parse_embedding_request(data: dict[str, Any], max_inputs: int) -> tuple[Embe
     if len(texts) > max_inputs:
         raise OpenAIError(
             400, f"{len(texts)} inputs in one request; at most {max_inputs}", code="invalid_value", param="input"
+        )
+    if max_chars is not None and (longest := max(len(t) for t in texts)) > max_chars:
+        raise OpenAIError(
+            400, f"an input of {longest} characters; at most {max_chars}", code="limit_exceeded", param="input"
         )
     return request, texts
 
@@ -99,7 +106,11 @@ class EmbeddingsRoute:
         caller = self.keys.caller(request.headers)
         data = await read_json(request, self.config.server.max_body_bytes)
         model_id = self._model(data, caller)
-        body, texts = parse_embedding_request(data, self.config.embedder(model_id).max_inputs_per_request)
+        caps = limits_for(self.config, caller)
+        max_inputs = self.config.embedder(model_id).max_inputs_per_request
+        if caps.max_embedding_inputs is not None:
+            max_inputs = min(max_inputs, caps.max_embedding_inputs)
+        body, texts = parse_embedding_request(data, max_inputs, caps.max_embedding_input_chars)
         ctx = RequestContext.start("embeddings", caller, request.headers, data)
         ctx.row.stream, ctx.model_known = False, True
         self.observer.begin(ctx, {genai.OPERATION: "embeddings", genai.REQUEST_MODEL: model_id})

@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from llm_serve.rag.errors import RagError
+
 logger = logging.getLogger("llm_serve.router")
 
 ERROR_TYPES = {
@@ -77,6 +79,16 @@ def from_engine_error(error: Any) -> OpenAIError:
     elif status == 400:
         code = "invalid_value"
     return OpenAIError(status, message, code=code, param=param)
+
+
+# How each kind of RAG failure is answered.
+STATUS_OF_RAG_KIND = {"invalid_request": 400, "not_found": 404, "unavailable": 503, "failed": 500}
+
+
+def from_rag_error(exc: RagError) -> OpenAIError:
+    """A RAG failure as the client sees it: the status of its kind, `param` named as in the request."""
+    param = "messages" if exc.param == "question" else (f"rag.{exc.param}" if exc.param else None)
+    return OpenAIError(STATUS_OF_RAG_KIND[exc.kind], exc.message, code=exc.code, param=param)
 
 
 def invalid_body(errors: list[Any], prefix: str = "") -> OpenAIError:

@@ -10,13 +10,14 @@ into a Serve ingress deployment.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from llm_serve.config import Config
+from llm_serve.config import Config, is_loopback
 from llm_serve.eval.groundedness import GroundednessMonitor
 from llm_serve.prompts import PromptRegistry
 from llm_serve.prompts.template import PromptTemplate
@@ -32,10 +33,12 @@ from llm_serve.router.errors import install_error_handlers
 from llm_serve.router.model_cards import ModelCards
 from llm_serve.router.observe import Observer
 from llm_serve.router.pipeline import GenerationPipeline
+from llm_serve.router.prompt_tokens import PromptTokens
 from llm_serve.router.semantic_cache import SemanticCache
 from llm_serve.router.stages.admit import Admit
 from llm_serve.router.stages.cache import Cache
 from llm_serve.router.stages.dispatch import Dispatch
+from llm_serve.router.stages.limits import Limits
 from llm_serve.router.stages.parse import Parse
 from llm_serve.router.stages.prompt import RenderPrompt
 from llm_serve.router.stages.resolve import Resolve
@@ -47,6 +50,8 @@ from llm_serve.router.state import RouterState, StateClient
 from llm_serve.telemetry import tracing
 from llm_serve.telemetry.http import TracingMiddleware
 from llm_serve.telemetry.metrics import ServingMetrics
+
+logger = logging.getLogger("llm_serve.router")
 
 READY_CHECK_TIMEOUT_S = 5.0
 
@@ -61,21 +66,28 @@ class Router:
         embedders: dict[str, Any] | None = None,
         prompts: dict[str, Any] | None = None,
         state: Any = None,
+        model_sources: dict[str, str] | None = None,
     ) -> None:
         self.config = config = config if isinstance(config, Config) else Config.model_validate(config)
         self.engines = engines
         self.embedders = embedders = embedders or {}
         prompts = prompts or {}
         tracing.setup_tracing(config.telemetry.tracing, "router")
+        if not config.auth.keys and not is_loopback(config.server.host):
+            logger.warning(
+                "SERVING %s WITHOUT API KEYS (server.allow_unauthenticated): anyone who can connect may use "
+                "every model and spend without limit; admin routes stay closed",
+                config.server.host,
+            )
 
         self.keys = KeyRing(config.auth)
-        self.state = StateClient(state if state is not None else RouterState(config))
+        self.state = StateClient(state if state is not None else RouterState(config), config.router.state_timeout_s)
         self.adapters = AdapterCatalog(config)
-        self.coalescer = Coalescer(config.server.request_timeout_s)
+        self.coalescer = Coalescer(config.server.request_timeout_s, config.server.billing_grace_s)
         metrics = ServingMetrics(config.telemetry.metrics)
         self.observer = Observer(metrics, GroundednessMonitor(config.telemetry.groundedness, metrics))
-        self.settle = Settler(self.state, self.observer)
-        admit = Admit(self.state)
+        self.settle = Settler(config, self.state, self.observer)
+        admit = Admit(config, self.state, PromptTokens(model_sources or {}, config.router.prompt_overhead_tokens))
         cache = Cache(config, self.state, self._semantic_cache(), self.observer)
         rag_prompt = PromptTemplate.from_dict(prompts["rag"]) if prompts.get("rag") else None
         registry = PromptRegistry.from_dict(prompts["registry"]) if prompts.get("registry") else None
@@ -86,6 +98,7 @@ class Router:
                 ("resolve", Resolve(config, self.adapters)),
                 ("render_prompt", RenderPrompt(registry)),
                 ("validate", Validate()),
+                ("limits", Limits(config)),
                 ("admit", admit),
                 ("retrieve", Retrieve(config, Retriever(config, embedders), rag_prompt, self.observer)),
                 ("cache_lookup", cache),

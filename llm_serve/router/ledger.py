@@ -12,18 +12,26 @@ actor writes and the table cannot drift apart.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
+logger = logging.getLogger("llm_serve.router")
+
 Period = Literal["day", "month", "total"]
 ERROR_MAX_CHARS = 512
 
 
-def _column(sql_type: Any, *, index: bool = False) -> dict[str, Any]:
-    return {"sql": sql_type, "index": index}
+def _column(sql_type: Any, *, index: bool = False, unique: bool = False) -> dict[str, Any]:
+    return {"sql": sql_type, "index": index, "unique": unique}
+
+
+def _row_id() -> str:
+    return uuid.uuid4().hex
 
 
 def _now() -> float:
@@ -50,6 +58,9 @@ class LedgerRow:
     cost_usd: float = field(default=0.0, metadata=_column(sa.Float))
     cache: str = field(default="none", metadata=_column(sa.String(16)))
     error: str | None = field(default=None, metadata=_column(sa.String(ERROR_MAX_CHARS)))
+    # The row's own identity: a row retried after a crash or a timeout is written once (request ids are
+    # the client's and may repeat).
+    row_id: str = field(default_factory=_row_id, metadata=_column(sa.String(32), unique=True))
 
     def as_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -64,7 +75,8 @@ def _table(metadata: sa.MetaData) -> sa.Table:
     for f in fields(LedgerRow):
         # Optional fields (default None) are nullable; the rest always hold a value.
         nullable = f.default is None and f.default_factory is MISSING
-        columns.append(sa.Column(f.name, f.metadata["sql"], nullable=nullable, index=f.metadata["index"]))
+        index, unique = f.metadata["index"], f.metadata["unique"]
+        columns.append(sa.Column(f.name, f.metadata["sql"], nullable=nullable, index=index or unique, unique=unique))
     return sa.Table("requests", metadata, *columns)
 
 
@@ -102,10 +114,36 @@ class Ledger:
                 cur.close()
 
         METADATA.create_all(self.engine)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a ledger written by an older llm-serve lacks (create_all never alters a table)."""
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("requests")}
+        missing = [c for c in REQUESTS.columns if c.name not in present]
+        with self.engine.begin() as conn:
+            for column in missing:
+                sql_type = column.type.compile(dialect=self.engine.dialect)
+                conn.execute(sa.text(f"ALTER TABLE requests ADD COLUMN {column.name} {sql_type}"))
+                logger.info("ledger: added column %s to the requests table", column.name)
+            for index in REQUESTS.indexes:
+                if any(c.name in {m.name for m in missing} for c in index.columns):
+                    index.create(conn, checkfirst=True)
 
     def record(self, row: LedgerRow) -> None:
+        self.insert_many([row])
+
+    def insert_many(self, rows: list[LedgerRow]) -> int:
+        """Insert the rows not in the ledger yet (by row_id), in one transaction; returns how many were new."""
+        if not rows:
+            return 0
+        unique = list({r.row_id: r for r in rows}.values())
         with self.engine.begin() as conn:
-            conn.execute(REQUESTS.insert().values(**row.as_dict()))
+            ids = [r.row_id for r in unique]
+            present = set(conn.execute(sa.select(REQUESTS.c.row_id).where(REQUESTS.c.row_id.in_(ids))).scalars())
+            new = [r.as_dict() for r in unique if r.row_id not in present]
+            if new:
+                conn.execute(REQUESTS.insert(), new)
+        return len(new)
 
     def spend(self, key_name: str, since: float) -> float:
         query = sa.select(sa.func.coalesce(sa.func.sum(REQUESTS.c.cost_usd), 0.0)).where(

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from llm_serve.adapters import AdapterInfo
 from llm_serve.config import Config, EmbedderConfig, ModelConfig, RagAlias
 from llm_serve.router.adapter_catalog import AdapterCatalog
-from llm_serve.router.auth import KeyRing
+from llm_serve.router.auth import Caller, KeyRing
 from llm_serve.router.errors import OpenAIError
 
 OWNER = "llm-serve"
@@ -67,10 +67,16 @@ class ModelCards:
         cards = [self.model_card(m) for m in models]
         cards += [self.alias_card(a, t) for a, t in self.config.routing.aliases.items()]
         cards += [self.adapter_card(info) for info in await self.adapters.all()]
-        return {"object": "list", "data": [c for c in cards if caller.may_use(c["id"]) or caller.may_use(c["root"])]}
+        return {"object": "list", "data": [c for c in cards if callable_by(caller, c)]}
 
     async def get_model(self, model_id: str, request: Request) -> dict[str, Any]:
-        self.keys.caller(request.headers)
+        caller = self.keys.caller(request.headers)
+        card = await self._find(model_id)
+        if card is None or not callable_by(caller, card):  # what a key may not call does not exist for it
+            raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
+        return card
+
+    async def _find(self, model_id: str) -> dict[str, Any] | None:
         model = (
             self.config.model(model_id)
             or self.config.rag_alias(model_id)
@@ -81,6 +87,14 @@ class ModelCards:
         if model_id in self.config.routing.aliases:
             return self.alias_card(model_id, self.config.routing.aliases[model_id])
         adapter = await self.adapters.find(model_id)
-        if adapter is not None:
-            return self.adapter_card(adapter)
-        raise OpenAIError(404, f"The model '{model_id}' does not exist", code="model_not_found", param="model")
+        return self.adapter_card(adapter) if adapter is not None else None
+
+
+def callable_by(caller: Caller, card: dict[str, Any]) -> bool:
+    """Whether the key may send this card's id as `model`: the rules of the resolve stage and routing.py."""
+    kind = card.get("type")
+    if kind == "alias":  # a routing alias is allowed by its own id or its target's
+        return caller.may_use(card["id"]) or caller.may_use(card["root"])
+    if kind == "adapter":  # `base:adapter`, or the adapter's bare name
+        return caller.may_use(card["id"]) or caller.may_use(card["adapter"])
+    return caller.may_use(card["id"])  # a pool, a RAG alias (not by its model), an embedding model

@@ -10,14 +10,16 @@ or raising an `OpenAIError` (any 4xx or 5xx). Their order, and why:
 3. **render prompt**: a registry prompt's messages and output schema put into the body. This comes
    before validation because the body must be checked as it will be sent.
 4. **validate**: against vLLM's protocol models. Streams always ask for usage.
-5. **admit**: rate limits and budget. This comes before anything that costs money or engine time:
+5. **limits**: the caps on `n`, output tokens, messages and prompt length (global, tightened per key).
+   A request over a cap reserves nothing and costs nothing.
+6. **admit**: rate limits and budget. This comes before anything that costs money or engine time:
    retrieval embeds and searches, the semantic cache embeds, the engine generates.
-6. **retrieve**: RAG search and grounding. It runs after admission, and before the cache lookup,
+7. **retrieve**: RAG search and grounding. It runs after admission, and before the cache lookup,
    because the grounded messages are part of what the answer depends on.
-7. **cache lookup**: exact and semantic. It comes only now, once the prompt version, the adapter
+8. **cache lookup**: exact and semantic. It comes only now, once the prompt version, the adapter
    version and the grounded messages are known, since each of them is part of the key.
-8. **dispatch**: the engine pool, with fallbacks. Identical requests in flight share one call.
-9. **respond**: a JSON answer (priced, cached) or a relayed stream, which settles itself at its end.
+9. **dispatch**: the engine pool, with fallbacks. Identical requests in flight share one call.
+10. **respond**: a JSON answer (priced, cached) or a relayed stream, which settles itself at its end.
 
 **Settlement** (ledger row, span, metrics, log) runs exactly once, in the `finally` below. The one
 exception is a relayed stream: it outlives this handler and settles in its own `finally`. The order

@@ -1,11 +1,13 @@
 """Relay of the engine's server-sent events to the client.
 
 LLMServer yields batches (lists) of ready-made `data: {...}\n\n` strings. The relay passes them on
-untouched except for two things the router needs: it reads the usage chunk (so every streamed
-request is counted), dropping it again when the client did not ask for it, and it guarantees the
-stream ends with `data: [DONE]`. Only events that can carry usage or an error are parsed, so the
-per-token path stays a string join. The upstream `[DONE]` is always held back and sent last, after
-anything the router adds (RAG sources), so it appears exactly once and at the end.
+untouched except for what the router needs: it reads the usage the engine puts on every chunk (the
+router asks for `continuous_usage_stats`), so every streamed request is priced to the token even
+when it is cut short, and strips it again unless the client asked for it; it keeps the final usage
+chunk only when the client asked for `include_usage`; and it guarantees the stream ends with
+`data: [DONE]`. Only events that can carry usage or an error are parsed. The upstream `[DONE]` is
+always held back and sent last, after anything the router adds (RAG sources), so it appears exactly
+once and at the end.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class StreamRelay:
         *,
         keep_usage_chunk: bool,
         deadline_s: float,
+        keep_running_usage: bool = False,
         final_extra: dict[str, Any] | None = None,
         on_usage: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         collect: bool = False,
@@ -48,6 +51,7 @@ class StreamRelay:
         self._first = first
         self._rest = rest
         self._keep_usage_chunk = keep_usage_chunk
+        self._keep_running_usage = keep_running_usage  # the client asked for usage on every chunk too
         self._deadline = time.monotonic() + deadline_s
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None
@@ -145,7 +149,12 @@ class StreamRelay:
             return event
         usage = payload.get("usage")
         if isinstance(usage, dict):
-            self.usage = usage
+            self.usage = usage  # the engine's count so far: exact even when the stream is cut short
+            if payload.get("choices"):  # a content chunk with the running usage (continuous_usage_stats)
+                if self._keep_running_usage:
+                    return event
+                del payload["usage"]
+                return sse(payload)
             self._chunk_head = {k: payload[k] for k in ("id", "object", "created", "model") if k in payload}
             if not self._keep_usage_chunk and not payload.get("choices"):
                 return ""

@@ -3,24 +3,35 @@
 It lives in one `router-state` Serve deployment (a single asyncio replica), and router replicas call
 it through a handle; each method runs to completion without awaiting, so a check-and-count is atomic
 across all routers without locks. One admission call and one record call per request (~1 ms each
-here) is the price of limits that hold under concurrency. Routers reach it through `StateClient`,
-whose typed methods work the same over a Serve handle and, in unit tests, on an in-process object.
+here) is the price of limits that hold under concurrency. Nothing on its loop touches the database:
+rows go through the ledger writer's spool and thread (ledger_writer.py), and spend is loaded in a
+thread. Routers reach it through `StateClient`, whose typed methods work the same over a Serve handle
+and, in unit tests, on an in-process object.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
-from collections import deque
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from llm_serve.config import Config
 from llm_serve.router.exact_cache import ExactCache
 from llm_serve.router.ledger import Ledger, LedgerRow, Period, default_url, period_start
+from llm_serve.router.ledger_writer import LedgerWriter
+from llm_serve.router.quota import KeyQuota, Quotas
 
 logger = logging.getLogger("llm_serve.router")
 
-WINDOW_S = 60.0
+READ_DRAIN_S = 2.0  # how long a ledger read waits for rows still being written
+RESERVATION_SLACK_S = 60.0  # a reservation outlives its request's longest possible life by this much
+SEEN_ROWS = 100_000
+
+
+def spool_path(config: Config) -> Path:
+    return config.home_path / "spool" / "ledger.jsonl"
 
 
 class RouterState:
@@ -30,10 +41,12 @@ class RouterState:
         self.cache = ExactCache(exact.max_entries, exact.ttl_s)
         ledger = self.config.ledger
         self.ledger = Ledger(ledger.url or default_url(self.config.home_path)) if ledger.enabled else None
-        self._requests: dict[str, deque[float]] = {}
-        self._tokens: dict[str, deque[tuple[float, int]]] = {}
-        # key -> period -> (period start, spend since then); loaded from the ledger on first use.
-        self._spend: dict[str, dict[Period, tuple[float, float]]] = {}
+        self.writer = LedgerWriter(self.ledger, spool_path(self.config)) if self.ledger is not None else None
+        server = self.config.server
+        self.quotas = Quotas(ttl_s=server.request_timeout_s + server.billing_grace_s + RESERVATION_SLACK_S)
+        self._loads: dict[tuple[str, Period], asyncio.Event] = {}
+        # Rows already taken, by row_id: a router that resends a row after a timeout must not double-bill.
+        self._seen: OrderedDict[str, None] = OrderedDict()
 
     # ---- admission ------------------------------------------------------------------------------
 
@@ -44,89 +57,81 @@ class RouterState:
         tpm: int | None = None,
         budget_usd: float | None = None,
         budget_period: Period = "month",
-    ) -> dict[str, Any] | None:
-        """None when the request may go ahead (and it is counted), else the refusal to send."""
-        now = time.time()
-        if budget_usd is not None:
-            spent = self._spent(key_name, budget_period)
-            if spent >= budget_usd:
-                return {
-                    "status": 429,
-                    "code": "insufficient_quota",
-                    "message": f"You exceeded your budget of ${budget_usd:.4f} per {budget_period} "
-                    f"(spent ${spent:.6f}).",
-                    "retry_after": None,
-                }
-        requests = self._requests.setdefault(key_name, deque())
-        while requests and requests[0] <= now - WINDOW_S:
-            requests.popleft()
-        if rpm is not None and len(requests) >= rpm:
-            return self._limited(f"requests per minute ({rpm})", requests[0] + WINDOW_S - now)
-        if tpm is not None:
-            tokens = self._tokens.setdefault(key_name, deque())
-            while tokens and tokens[0][0] <= now - WINDOW_S:
-                tokens.popleft()
-            used = sum(n for _, n in tokens)
-            if used >= tpm:
-                # Wait until enough of the window's tokens age out to fall under the limit.
-                excess, wait = used - tpm, WINDOW_S
-                for ts, n in tokens:
-                    excess -= n
-                    if excess < 0:
-                        wait = ts + WINDOW_S - now
-                        break
-                return self._limited(f"tokens per minute ({tpm}; used {used})", wait)
-        requests.append(now)
-        return None
+        tokens: int = 0,
+        usd: float = 0.0,
+    ) -> dict[str, Any]:
+        """`{"reservation": id}` when the request may go ahead (counted, worst case reserved), else the
+        refusal to send (`code`, `message`, `retry_after`)."""
+        if budget_usd is not None and not await self._spend_loaded(key_name, budget_period):
+            return {
+                "status": 503,
+                "code": "ledger_unavailable",
+                "message": "The ledger cannot be read, so the key's budget cannot be checked; try again shortly.",
+                "retry_after": 1,
+            }
+        return self.quotas.admit(KeyQuota(key_name, rpm, tpm, budget_usd, budget_period), tokens, usd)
 
-    @staticmethod
-    def _limited(what: str, wait_s: float) -> dict[str, Any]:
-        wait = max(1, int(wait_s + 0.999))
-        return {
-            "status": 429,
-            "code": "rate_limit_exceeded",
-            "message": f"Rate limit reached for {what}. Try again in {wait}s.",
-            "retry_after": wait,
-        }
-
-    def _spent(self, key_name: str, period: Period) -> float:
-        start = period_start(period)
-        periods = self._spend.setdefault(key_name, {})
-        cached = periods.get(period)
-        if cached is None or cached[0] != start:
-            cached = periods[period] = (start, self.ledger.spend(key_name, start) if self.ledger else 0.0)
-        return cached[1]
+    async def _spend_loaded(self, key_name: str, period: Period) -> bool:
+        """Load the key's spend for the period from the ledger, off the event loop, once."""
+        if self.quotas.loaded(key_name, period):
+            return True
+        start = self.quotas.begin_load(key_name, period)
+        if start is None:  # another admission is loading it: wait for that one
+            event = self._loads.get((key_name, period))
+            if event is not None:
+                await event.wait()
+            return self.quotas.loaded(key_name, period)
+        event = self._loads[(key_name, period)] = asyncio.Event()
+        spent: float | None = 0.0
+        try:
+            if self.ledger is not None and self.writer is not None:
+                pending = self.writer.pending_spend(key_name, start)  # before the read: never missed
+                spent = pending + await asyncio.to_thread(self.ledger.spend, key_name, start)
+        except Exception as exc:  # fail closed: an unknown spend admits nothing against a budget
+            logger.error("could not read %s's spend from the ledger (%s: %s)", key_name, type(exc).__name__, exc)
+            spent = None
+        finally:
+            self.quotas.finish_load(key_name, period, start, spent)
+            event.set()
+            self._loads.pop((key_name, period), None)
+        return spent is not None
 
     # ---- accounting -----------------------------------------------------------------------------
 
-    async def record(self, entry: LedgerRow) -> None:
-        """Count tokens against the key's window, add the cost to its spend, and write the ledger row."""
+    async def record(self, entry: LedgerRow, reservation: str | None = None) -> None:
+        """Release the request's reservation, count what it used, and hand its row to the ledger writer
+        (spooled at once, written off this loop). A row seen before (a retry) is taken once."""
+        if entry.row_id in self._seen:
+            return
+        self._seen[entry.row_id] = None
+        if len(self._seen) > SEEN_ROWS:
+            self._seen.popitem(last=False)
         tokens = entry.prompt_tokens + entry.completion_tokens
-        if tokens:
-            now = time.time()
-            window = self._tokens.setdefault(entry.key_name, deque())
-            window.append((now, tokens))
-            while window and window[0][0] <= now - WINDOW_S:  # bounded whether or not the key has a tpm
-                window.popleft()
-        periods = self._spend.get(entry.key_name, {})
-        for period, (start, spent) in periods.items():
-            if entry.ts >= start:
-                periods[period] = (start, spent + entry.cost_usd)
-        if self.ledger is not None:
-            try:
-                self.ledger.record(entry)
-            except Exception:  # a ledger outage must not fail requests already served
-                logger.exception("ledger write failed for request %s", entry.request_id)
+        self.quotas.settle(entry.key_name, reservation, tokens, entry.cost_usd, entry.ts)
+        if self.writer is not None:
+            self.writer.submit(entry)
+
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        """A ledger read that sees every row settled so far (waits briefly for the writer), off the loop."""
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.drain, READ_DRAIN_S)
+        return await asyncio.to_thread(fn, *args)
 
     async def usage(
         self, period: Period = "month", key_name: str | None = None, since: float | None = None
     ) -> dict[str, Any]:
         start = since if since is not None else period_start(period)
-        rows = self.ledger.usage(start, key_name=key_name) if self.ledger else []
+        rows = await self._read(lambda: self.ledger.usage(start, key_name=key_name)) if self.ledger else []
         return {"object": "usage", "period": period, "since": start, "data": rows}
 
     async def recent(self, limit: int = 100, key_name: str | None = None) -> list[dict[str, Any]]:
-        return self.ledger.rows(limit, key_name) if self.ledger else []
+        return await self._read(self.ledger.rows, limit, key_name) if self.ledger else []
+
+    async def ledger_status(self) -> dict[str, Any]:
+        """What the writer holds back: rows waiting for the database, and failed attempts so far."""
+        if self.writer is None:
+            return {"enabled": False}
+        return {"enabled": True, "pending": len(self.writer.pending()), "failures": self.writer.failures}
 
     # ---- exact cache ----------------------------------------------------------------------------
 
@@ -143,26 +148,38 @@ class RouterState:
         return None
 
 
-class StateClient:
-    """The router's typed view of RouterState: the same calls over a Serve handle or on an in-process object."""
+class StateUnavailable(RuntimeError):
+    """The router-state actor did not answer in time (restarting, overloaded) or failed."""
 
-    def __init__(self, target: Any) -> None:
+
+class StateClient:
+    """The router's typed view of RouterState: the same calls over a Serve handle or on an in-process object.
+
+    Every call is bounded by `timeout_s`: a slow or dead actor is a `StateUnavailable`, never a hang.
+    """
+
+    def __init__(self, target: Any, timeout_s: float = 10.0) -> None:
         self._target = target
         self._remote = not isinstance(target, RouterState)
+        self.timeout_s = timeout_s
 
     async def _call(self, method: str, *args: Any) -> Any:
-        if self._remote:
-            return await getattr(self._target, method).remote(*args)
-        return await getattr(self._target, method)(*args)
+        call = getattr(self._target, method).remote(*args) if self._remote else getattr(self._target, method)(*args)
+        try:
+            return await asyncio.wait_for(call, self.timeout_s)
+        except TimeoutError:
+            raise StateUnavailable(f"router-state did not answer {method} within {self.timeout_s:g} s") from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise StateUnavailable(f"router-state failed on {method}: {type(exc).__name__}: {exc}") from exc
 
-    async def admit(
-        self, key_name: str, rpm: int | None, tpm: int | None, budget_usd: float | None, budget_period: Period
-    ) -> dict[str, Any] | None:
-        """None when admitted (and counted), else the refusal (status, code, message, retry_after)."""
-        return await self._call("admit", key_name, rpm, tpm, budget_usd, budget_period)
+    async def admit(self, key: KeyQuota, tokens: int, usd: float) -> dict[str, Any]:
+        """`{"reservation": id}` when admitted, else the refusal (status, code, message, retry_after)."""
+        return await self._call("admit", key.name, key.rpm, key.tpm, key.budget_usd, key.budget_period, tokens, usd)
 
-    async def record(self, row: LedgerRow) -> None:
-        await self._call("record", row)
+    async def record(self, row: LedgerRow, reservation: str | None = None) -> None:
+        await self._call("record", row, reservation)
 
     async def usage(self, period: Period, key_name: str | None = None) -> dict[str, Any]:
         return await self._call("usage", period, key_name)
@@ -178,3 +195,6 @@ class StateClient:
 
     async def cache_stats(self) -> dict[str, int]:
         return await self._call("cache_stats")
+
+    async def ledger_status(self) -> dict[str, Any]:
+        return await self._call("ledger_status")

@@ -26,6 +26,7 @@ from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from llm_serve.config import TracingConfig
+from llm_serve.telemetry.sampling import RateLimited
 
 logger = logging.getLogger("llm_serve.telemetry")
 
@@ -69,7 +70,10 @@ def setup_tracing(config: TracingConfig | dict[str, Any] | None, component: str)
         resource = Resource.create(
             {"service.name": cfg.service_name, "llm_serve.component": component, "process.pid": os.getpid()}
         )
-        provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(cfg.sampling_ratio)))
+        sampler = ParentBased(
+            TraceIdRatioBased(cfg.sampling_ratio), remote_parent_sampled=RateLimited(cfg.max_incoming_traces_per_s)
+        )
+        provider = TracerProvider(resource=resource, sampler=sampler)
         provider.add_span_processor(
             BatchSpanProcessor(
                 _exporter(cfg),

@@ -68,7 +68,7 @@ def cluster() -> Iterator[dict]:
     wait_for_dashboard(config.ray.dashboard_port)
     env = {
         **os.environ,
-        **lc.RAY_ENV,
+        **lc.ray_env(config),
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "RAY_ADDRESS": f"http://127.0.0.1:{config.ray.dashboard_port}",
         "LLM_SERVE_HOME": str(temp / "home"),

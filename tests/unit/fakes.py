@@ -15,14 +15,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import numpy as np
 from ray.serve.llm.openai_api_models import ChatCompletionResponse
 
 from llm_serve.config import parse_config
 from llm_serve.prompts import PromptRegistry, default_prompts_dir
+from llm_serve.rag.embedder import EmbeddingResult
 from llm_serve.router.ingress import Router
 from llm_serve.router.state import RouterState
 
 MODEL = "tiny"
+EMBED = "tiny-embed"
 A, B = "model-a", "model-b"
 
 
@@ -180,3 +183,60 @@ def chat(model: str = A, question: str = "hi", **extra: Any) -> dict[str, Any]:
 
 
 GREEDY = {"temperature": 0}
+
+
+# ---- a router over one stand-in chat model and one stand-in embedder ------------------------------
+
+STREAM = [
+    [sse({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]})],
+    [
+        sse(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}],
+            }
+        ),
+        sse(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            }
+        ),
+        "data: [DONE]\n\n",
+    ],
+]
+
+
+def make_client(
+    behaviour: Callable[[str, Any], Any], embed: Callable[[str, Any], Any] | None = None, **server: Any
+) -> tuple[httpx.AsyncClient, FakeHandle]:
+    config = parse_config(
+        {
+            "models": [{"id": MODEL, "source": "x"}],
+            "server": server,
+            "embedding_models": [{"id": EMBED, "max_inputs_per_request": 4}],
+        }
+    )
+    handle = FakeHandle(behaviour)
+    embedders = {EMBED: FakeHandle(embed or default_embed)}
+    app = Router(config, {MODEL: handle}, embedders).build_asgi_app()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return client, handle
+
+
+def default_behaviour(name: str, body: Any) -> Any:
+    if name == "check_health":
+        return awaitable(None)
+    if body.stream:
+        return agen(STREAM)
+    return agen([chat_response()])
+
+
+def default_embed(name: str, texts: Any) -> Any:
+    if name == "check_health":
+        return awaitable(None)
+    vectors = np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
+    return awaitable(EmbeddingResult(vectors, [2] * len(texts)))

@@ -104,7 +104,7 @@ async def test_router_serves_registered_adapters_by_id_and_name(tmp_path: Path) 
     assert engine.handle.multiplexed == [f"{A}:faq", f"{A}:faq", None]
     assert [c[1].model for c in engine.calls] == [f"{A}:faq", f"{A}:faq", A]
     assert f"{A}:faq" in listed and card["parent"] == A and card["type"] == "adapter"
-    rows = state.ledger.rows()
+    rows = await state.recent(1000)
     assert [r["adapter"] for r in reversed(rows) if r["status"] == 200] == ["faq", "faq", None]
     assert float(by_id.headers["x-llm-serve-cost-usd"]) == pytest.approx(5 * 3.0 / 1e6), "the adapter's own price"
 

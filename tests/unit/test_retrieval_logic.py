@@ -11,9 +11,8 @@ from llm_serve.prompts.template import PromptError, PromptTemplate
 from llm_serve.rag.errors import RagError
 from llm_serve.rag.retriever import Retrieval, grounded_messages, question_of, select_context
 from llm_serve.rag.store import Hit
-from llm_serve.router.errors import OpenAIError
+from llm_serve.router.errors import OpenAIError, from_rag_error
 from llm_serve.router.stages.resolve import parse_rag
-from llm_serve.router.stages.retrieve import http_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +109,7 @@ def test_question_is_the_last_user_message() -> None:
     assert question_of(messages) == "second"
     with pytest.raises(RagError) as info:
         question_of([{"role": "system", "content": "only system"}])
-    assert http_error(info.value).status == 400 and http_error(info.value).param == "messages"
+    assert from_rag_error(info.value).status == 400 and from_rag_error(info.value).param == "messages"
 
 
 class FlakyStore:
@@ -149,4 +148,4 @@ async def test_dropped_milvus_connections_are_retried_then_503(
     else:
         with pytest.raises(RagError) as err:
             await retriever._search(request, [0.1], 3)
-        assert http_error(err.value).status == 503 and err.value.code == "store_unavailable"
+        assert from_rag_error(err.value).status == 503 and err.value.code == "store_unavailable"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,76 +19,17 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ErrorResponse,
 )
 
-from llm_serve.config import parse_config
 from llm_serve.rag.embedder import EmbeddingResult
-from llm_serve.router.ingress import Router
 from tests.unit.fakes import (
+    EMBED,
     MODEL,
-    FakeHandle,
+    STREAM,
     agen,
     assert_openai_error,
     awaitable,
-    chat_response,
-    sse,
+    default_behaviour,
+    make_client,
 )
-
-EMBED = "tiny-embed"
-
-
-STREAM = [
-    [sse({"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]})],
-    [
-        sse(
-            {
-                "id": "c",
-                "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}],
-            }
-        ),
-        sse(
-            {
-                "id": "c",
-                "object": "chat.completion.chunk",
-                "choices": [],
-                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-            }
-        ),
-        "data: [DONE]\n\n",
-    ],
-]
-
-
-def make_client(
-    behaviour: Callable[[str, Any], Any], embed: Callable[[str, Any], Any] | None = None, **server: Any
-) -> tuple[httpx.AsyncClient, FakeHandle]:
-    config = parse_config(
-        {
-            "models": [{"id": MODEL, "source": "x"}],
-            "server": server,
-            "embedding_models": [{"id": EMBED, "max_inputs_per_request": 4}],
-        }
-    )
-    handle = FakeHandle(behaviour)
-    embedders = {EMBED: FakeHandle(embed or default_embed)}
-    app = Router(config, {MODEL: handle}, embedders).build_asgi_app()
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
-    return client, handle
-
-
-def default_behaviour(name: str, body: Any) -> Any:
-    if name == "check_health":
-        return awaitable(None)
-    if body.stream:
-        return agen(STREAM)
-    return agen([chat_response()])
-
-
-def default_embed(name: str, texts: Any) -> Any:
-    if name == "check_health":
-        return awaitable(None)
-    vectors = np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
-    return awaitable(EmbeddingResult(vectors, [2] * len(texts)))
-
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 

@@ -75,32 +75,62 @@ async def test_rpm_limit_holds_under_concurrency_with_retry_after() -> None:
     assert len(engines[A].calls) == 3
 
 
-async def test_tpm_limit_counts_completed_tokens() -> None:
-    client, _, _ = build(keys_config(tpm=10))
-    async with client:
-        first = await client.post("/v1/chat/completions", json=chat(), headers=auth("alice"))
-        second = await client.post("/v1/chat/completions", json=chat(), headers=auth("alice"))
-        third = await client.post("/v1/chat/completions", json=chat(), headers=auth("alice"))
-    assert first.status_code == second.status_code == 200, "0, then 6 tokens used: under 10"
-    assert_openai_error(third, 429, "rate_limit_exceeded")
-    assert "tokens per minute" in third.json()["error"]["message"]
+# Without the model's tokenizer (stand-in engines) a prompt is reserved as its UTF-8 bytes, its role, and
+# router.prompt_overhead_tokens (64): "hi" from the user is 2 + 4 + 64 = 70 tokens. With max_tokens 1, one
+# request reserves 71 tokens, and at model A's $1/$2 per million, $0.000072. It then costs 5 + 1 tokens, $0.000007.
+RESERVED_TOKENS, RESERVED_USD, COST_USD = 71, 70e-6 + 2e-6, 7e-6
 
 
-async def test_exhausted_budget_is_429_insufficient_quota_without_engine_call() -> None:
-    # One answer costs 5 prompt tokens x $1/M + 1 completion token x $2/M = $0.000007.
-    client, engines, state = build(keys_config(budget_usd=0.00001, budget_period="day"))
+async def test_tpm_counts_what_requests_in_flight_may_still_use() -> None:
+    engines = {A: Engine(A, delay_s=0.3), B: Engine(B)}
+    client, _, _ = build(keys_config(tpm=2 * RESERVED_TOKENS + 10), engines=engines)
     async with client:
-        for _ in range(2):
-            assert (await client.post("/v1/chat/completions", json=chat(), headers=auth("alice"))).status_code == 200
-        refused = await client.post("/v1/chat/completions", json=chat(), headers=auth("alice"))
-        assert_openai_error(refused, 429, "insufficient_quota")
-        assert len(engines[A].calls) == 2
+        three = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=chat(max_tokens=1), headers=auth("alice")) for _ in range(3))
+        )
+        assert sorted(r.status_code for r in three) == [200, 200, 429], "two reservations fill the window"
+        refused = next(r for r in three if r.status_code == 429)
+        assert_openai_error(refused, 429, "rate_limit_exceeded")
+        assert "reserved in flight" in refused.json()["error"]["message"]
+        # Settled, they hold only what they used (12 tokens): the next one fits again.
+        after = await client.post("/v1/chat/completions", json=chat(max_tokens=1), headers=auth("alice"))
+        assert after.status_code == 200
+        huge = await client.post("/v1/chat/completions", json=chat(max_tokens=500), headers=auth("alice"))
+        assert_openai_error(huge, 429, "rate_limit_exceeded")
+        assert "more than your" in huge.json()["error"]["message"], "a worst case over the whole tpm never fits"
+    assert len(engines[A].calls) == 3
+
+
+async def test_budget_holds_under_concurrency_and_across_a_restart() -> None:
+    budget = 1e-4  # room for one reservation at a time, and for the spend of several answers
+    engines = {A: Engine(A, delay_s=0.3), B: Engine(B)}
+    client, _, state = build(keys_config(budget_usd=budget, budget_period="day"), engines=engines)
+    async with client:
+        burst = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=chat(max_tokens=1), headers=auth("alice")) for _ in range(16))
+        )
+        statuses = sorted(r.status_code for r in burst)
+        assert statuses == [200] + [429] * 15, "one worst case fits the budget, two do not"
+        assert_openai_error(next(r for r in burst if r.status_code == 429), 429, "insufficient_quota")
+        too_big = await client.post("/v1/chat/completions", json=chat(max_tokens=100), headers=auth("alice"))
+        assert "could cost up to" in assert_openai_error(too_big, 429, "insufficient_quota")["message"]
+        # One at a time, answers come until spend plus one reservation would pass the budget: 5 of them.
+        answered = 1
+        while (
+            await client.post("/v1/chat/completions", json=chat(max_tokens=1), headers=auth("alice"))
+        ).status_code == 200:
+            answered += 1
+        assert answered == 5 and answered * COST_USD <= budget
+        assert len(engines[A].calls) == answered
         other = await client.post("/v1/chat/completions", json=chat(B), headers=auth("bob"))
         assert other.status_code == 200, "one key's budget does not touch another's"
-    # Spend survives a restart: a new state over the same ledger refuses at once.
+    spent = sum(r["cost_usd"] for r in await state.recent(1000) if r["key_name"] == "alice")
+    assert spent == pytest.approx(answered * COST_USD) and spent <= budget
+    # Spend survives a restart: a new state over the same ledger refuses the next worst case at once.
     restarted = RouterState(state.config)
-    refusal = await restarted.admit("alice", budget_usd=0.00001, budget_period="day")
-    assert refusal is not None and refusal["code"] == "insufficient_quota"
+    refusal = await restarted.admit("alice", budget_usd=budget, budget_period="day", usd=RESERVED_USD)
+    assert refusal["code"] == "insufficient_quota"
+    assert "reservation" in await restarted.admit("alice", budget_usd=budget, budget_period="day", usd=1e-6)
 
 
 # ---- pricing and ledger ---------------------------------------------------------------------------
@@ -115,7 +145,7 @@ async def test_streamed_request_is_priced_and_recorded_before_done() -> None:
         ) as resp,
     ):
         events = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
-        rows_before_done = state.ledger.rows()
+        rows_before_done = await state.recent(1000)
     usage = next(json.loads(e[6:])["usage"] for e in events if '"usage"' in e)
     expected = (10 * 1.0 + 4 * 2.0) / 1e6
     assert usage["cost_usd"] == pytest.approx(expected)
@@ -132,7 +162,7 @@ async def test_json_request_has_cost_header_and_ledger_row() -> None:
     expected = (5 * 1.0 + 1 * 2.0) / 1e6
     assert float(resp.headers["x-llm-serve-cost-usd"]) == pytest.approx(expected)
     assert resp.json()["usage"]["cost_usd"] == pytest.approx(expected)
-    row = state.ledger.rows()[0]
+    row = (await state.recent(1000))[0]
     assert (row["request_id"], row["key_name"], row["model"], row["cache"]) == ("req-1", "anonymous", A, "none")
 
 
@@ -140,7 +170,7 @@ async def test_failed_requests_are_recorded_with_their_status() -> None:
     client, _, state = build(engines={A: Engine(A, fail=True), B: Engine(B)})
     async with client:
         assert_openai_error(await client.post("/v1/chat/completions", json=chat()), 503, "engine_unavailable")
-    assert state.ledger.rows()[0]["status"] == 503
+    assert (await state.recent(1000))[0]["status"] == 503
 
 
 # ---- exact cache ----------------------------------------------------------------------------------
@@ -164,7 +194,7 @@ async def test_exact_hit_replays_json_and_stream_without_engine_call() -> None:
     assert len(engines[A].calls) == 1
     # Hits are priced at the cached-input rate for their prompt tokens, no output.
     assert float(hit.headers["x-llm-serve-cost-usd"]) == pytest.approx(5 * 1.0 / 1e6)
-    assert [r["cache"] for r in state.ledger.rows()] == ["hit", "hit", "miss"]
+    assert [r["cache"] for r in (await state.recent(1000))] == ["hit", "hit", "miss"]
 
 
 async def test_stream_fills_the_cache_for_json_callers() -> None:
@@ -258,7 +288,7 @@ async def test_concurrent_identical_requests_make_one_engine_call() -> None:
     answers = {r.json()["choices"][0]["message"]["content"] for r in results[:6]} | set(results[6:])
     assert answers == {"answer from model-a"}
     assert len(engines[A].calls) == 2, "one JSON call and one stream call for ten callers"
-    caches = sorted(r["cache"] for r in state.ledger.rows())
+    caches = sorted(r["cache"] for r in (await state.recent(1000)))
     assert caches == ["coalesced"] * 8 + ["miss"] * 2
 
 
@@ -321,7 +351,7 @@ async def test_prompt_renders_and_reports_version_and_bad_variables_are_named() 
     assert triage.status_code == 200
     schema = engines[A].calls[1][1].response_format
     assert schema.type == "json_schema" and schema.json_schema.json_schema["required"] == ["category", "urgent"]
-    assert state.ledger.rows()[-1]["prompt"].startswith("support-answer@2+")
+    assert (await state.recent(1000))[-1]["prompt"].startswith("support-answer@2+")
 
 
 async def test_stream_cut_short_is_still_recorded_and_priced() -> None:
@@ -335,7 +365,7 @@ async def test_stream_cut_short_is_still_recorded_and_priced() -> None:
     async with client, client.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as resp:
         lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
     assert '"engine_error"' in lines[-2] and lines[-1] == "data: [DONE]"
-    row = state.ledger.rows()[0]
+    row = (await state.recent(1000))[0]
     assert row["status"] == 500 and "tokens estimated" in row["error"]
     assert row["completion_tokens"] == 2 and row["prompt_tokens"] > 0 and row["cost_usd"] > 0
 

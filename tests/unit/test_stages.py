@@ -26,6 +26,7 @@ from llm_serve.router.errors import OpenAIError
 from llm_serve.router.ingress import Router
 from llm_serve.router.observe import Observer
 from llm_serve.router.pipeline import GenerationPipeline
+from llm_serve.router.prompt_tokens import PromptTokens
 from llm_serve.router.stages.admit import Admit
 from llm_serve.router.stages.cache import Cache
 from llm_serve.router.stages.dispatch import Dispatch
@@ -80,6 +81,7 @@ def test_the_router_runs_the_documented_stage_order() -> None:
         "resolve",
         "render_prompt",
         "validate",
+        "limits",
         "admit",
         "retrieve",
         "cache_lookup",
@@ -228,7 +230,7 @@ async def test_validate_always_asks_streams_for_usage_but_remembers_the_clients_
 
 async def test_admit_counts_and_refuses_past_the_keys_rpm() -> None:
     cfg = parse_config({**config().model_dump(mode="json"), **keys_config(rpm=1)})
-    admit = Admit(StateClient(RouterState(cfg)))
+    admit = Admit(cfg, StateClient(RouterState(cfg)), PromptTokens({}, cfg.router.prompt_overhead_tokens))
     alice = Caller("alice", cfg.auth.keys[0])
     await admit(context(chat(), caller=alice))
     with pytest.raises(OpenAIError) as info:
@@ -354,7 +356,7 @@ async def test_dispatch_timeout_is_504_without_trying_the_fallback() -> None:
 async def test_settle_writes_one_ledger_row_however_often_it_is_called() -> None:
     cfg = config()
     state = RouterState(cfg)
-    settle = Settler(StateClient(state), observer())
+    settle = Settler(cfg, StateClient(state), observer())
     ctx = await prepared(cfg, chat())
     ctx.finish(200)
     await asyncio.gather(settle(ctx), settle(ctx))
@@ -367,7 +369,7 @@ async def test_settle_keeps_no_row_for_a_request_refused_before_naming_a_model()
     state = RouterState(cfg)
     ctx = context({"messages": []})
     ctx.fail(OpenAIError(400, "no model", code="missing_required_parameter"))
-    await Settler(StateClient(state), observer())(ctx)
+    await Settler(cfg, StateClient(state), observer())(ctx)
     assert ctx.settled and await state.recent(10) == []
 
 

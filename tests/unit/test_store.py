@@ -9,7 +9,7 @@ import pytest
 
 from llm_serve.config import MilvusConfig
 from llm_serve.rag.store import Chunk, StoreError, VectorStore, check_collection_name, quote
-from llm_serve.router.stages.retrieve import http_error
+from llm_serve.router.errors import from_rag_error
 
 DIM = 8
 
@@ -79,13 +79,13 @@ def test_search_errors_map_to_http_status(store: VectorStore) -> None:
     """The store says what kind of failure it was; the router's mapping gives the status clients see."""
     with pytest.raises(StoreError) as info:
         store.search("kb", vec(1), 2, filter_expr="source ==== 1")
-    assert (http_error(info.value).status, info.value.code) == (400, "invalid_filter")
+    assert (from_rag_error(info.value).status, info.value.code) == (400, "invalid_filter")
     with pytest.raises(StoreError) as info:
         store.search("missing", vec(1), 2)
-    assert (http_error(info.value).status, info.value.code) == (404, "collection_not_found")
+    assert (from_rag_error(info.value).status, info.value.code) == (404, "collection_not_found")
     with pytest.raises(StoreError) as info:
         check_collection_name("drop table;")
-    assert http_error(info.value).status == 400
+    assert from_rag_error(info.value).status == 400
 
 
 def test_delete_source_and_directory_prefix(store: VectorStore) -> None:

@@ -24,7 +24,9 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         )
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise OpenAIError(400, "request body is nested too deeply", code="invalid_json") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer too long to convert
         raise OpenAIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")

@@ -27,6 +27,10 @@ class RenderPrompt:
         if raw is None:
             return
         name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str) and not ctx.caller.may_render(name):
+            raise OpenAIError(
+                403, f"The API key '{ctx.caller.name}' may not use the prompt '{name}'", code="prompt_not_allowed"
+            )
         with tracing.tracer().start_as_current_span(f"prompt {name}" if name else "prompt") as span:
             ctx.row.prompt = self.render(raw, ctx.data)
             span.set_attribute("llm_serve.prompt_version", ctx.row.prompt)
@@ -50,11 +54,16 @@ class RenderPrompt:
             raise OpenAIError(
                 422, f"prompt has unknown fields: {sorted(unknown)}", code="invalid_value", param="prompt"
             )
+        version, alias = raw.get("version"), raw.get("alias")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, str | int)):
+            raise OpenAIError(422, "prompt.version must be a string", code="invalid_type", param="prompt.version")
+        if alias is not None and not isinstance(alias, str):
+            raise OpenAIError(422, "prompt.alias must be a string", code="invalid_type", param="prompt.alias")
         try:
             resolved = self.prompts.resolve(
                 raw["name"],
-                version=None if raw.get("version") is None else str(raw["version"]),
-                alias=raw.get("alias"),
+                version=None if version is None else str(version),
+                alias=alias,
                 sticky_key=data.get("user") if isinstance(data.get("user"), str) else None,
             )
             prompt = resolved.prompt

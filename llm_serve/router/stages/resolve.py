@@ -14,10 +14,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from llm_serve.config import Config, RagAlias
+from llm_serve.rag.errors import RagError
+from llm_serve.rag.filters import and_filters
 from llm_serve.rag.retriever import RagRequest
 from llm_serve.router.adapter_catalog import AdapterCatalog
+from llm_serve.router.auth import OPEN, Caller
 from llm_serve.router.context import RequestContext
-from llm_serve.router.errors import OpenAIError, invalid_body
+from llm_serve.router.errors import OpenAIError, from_rag_error, invalid_body
 from llm_serve.router.routing import route_candidates
 
 
@@ -48,24 +51,51 @@ class Resolve:
             raise OpenAIError(
                 400, "retrieval (rag) is supported on /v1/chat/completions only", code="invalid_value", param="rag"
             )
-        ctx.rag = parse_rag(ctx.rag_raw, alias, config)
+        ctx.rag = parse_rag(ctx.rag_raw, alias, config, caller)
 
 
-def parse_rag(raw: Any, alias: RagAlias | None, config: Config) -> RagRequest | None:
-    """The request's retrieval settings: its own `rag` object over the alias' defaults."""
+def parse_rag(raw: Any, alias: RagAlias | None, config: Config, caller: Caller = OPEN) -> RagRequest | None:
+    """The request's retrieval settings, inside what its key and its alias allow.
+
+    An alias fixes the collection and its filter: a request may narrow them (its filter is AND-ed
+    with the alias's) but not widen them (another collection is refused; an empty filter removes
+    nothing). Without an alias, the key must be allowed the collection it names.
+    """
     if raw is None and alias is None:
         return None
-    base: dict[str, Any] = {}
-    if alias is not None:
-        base = {"collection": alias.collection, "top_k": alias.top_k, "filter": alias.filter}
     if raw is not None and not isinstance(raw, dict):
         raise OpenAIError(
             422, 'rag must be an object like {"collection": ..., "top_k": ...}', code="invalid_value", param="rag"
         )
+    asked = {k: v for k, v in (raw or {}).items() if v is not None}
     try:
-        request = RagRequest.model_validate({**base, **{k: v for k, v in (raw or {}).items() if v is not None}})
+        if alias is not None:
+            collection = asked.get("collection", alias.collection)
+            if collection != alias.collection:
+                raise OpenAIError(
+                    400,
+                    f"the model '{alias.id}' answers from its own collection; rag.collection cannot change it",
+                    code="invalid_value",
+                    param="rag.collection",
+                )
+            asked = {**asked, "collection": alias.collection, "top_k": asked.get("top_k", alias.top_k)}
+            if asked.get("filter") is None or isinstance(asked["filter"], str):  # else: a 422 below
+                asked["filter"] = and_filters(alias.filter, asked.get("filter"))
+        elif isinstance(asked.get("filter"), str):
+            asked["filter"] = and_filters(None, asked["filter"])
+    except RagError as exc:
+        raise from_rag_error(exc) from None
+    try:
+        request = RagRequest.model_validate(asked)
     except ValidationError as exc:
         raise invalid_body(exc.errors(), prefix="rag") from None
+    if alias is None and not caller.may_search(request.collection):
+        raise OpenAIError(
+            403,
+            f"The API key '{caller.name}' may not search the collection '{request.collection}'",
+            code="collection_not_allowed",
+            param="rag.collection",
+        )
     if request.top_k is not None and request.top_k > config.rag.max_top_k:
         raise OpenAIError(
             400, f"rag.top_k may be at most {config.rag.max_top_k}", code="invalid_value", param="rag.top_k"

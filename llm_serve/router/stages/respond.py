@@ -19,13 +19,13 @@ from typing import Any
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from llm_serve.config import Config
+from llm_serve.router.coalesce import cancel_call
 from llm_serve.router.context import CacheLookup, RequestContext
 from llm_serve.router.errors import OpenAIError
 from llm_serve.router.observe import Observer
 from llm_serve.router.relay import StreamRelay
 from llm_serve.router.replay import assemble
 from llm_serve.router.stages.cache import Cache
-from llm_serve.router.stages.dispatch import abandon
 from llm_serve.router.stages.settle import SHARED_ANSWERS, Settler, price, price_usage
 from llm_serve.sse import DONE_EVENT, sse
 from llm_serve.telemetry import genai, tracing
@@ -69,6 +69,7 @@ class Respond:
             ctx.first,
             ctx.results,
             keep_usage_chunk=ctx.include_usage,
+            keep_running_usage=ctx.continuous_usage,
             deadline_s=self.config.server.request_timeout_s,
             final_extra=ctx.extra,
             on_usage=lambda usage: {"cost_usd": price_usage(self.config, ctx, usage)},
@@ -80,7 +81,7 @@ class Respond:
             """The request's settlement when its body never ran to the end (or never started at all)."""
             if ctx.settled:
                 return
-            abandon(relay.upstream)
+            cancel_call(relay.upstream)
             if not ctx.finished:
                 ctx.finish(499, "client disconnected", "client_disconnected")
             self._price_stream(relay, ctx)
@@ -113,13 +114,13 @@ class Respond:
         finally:
             if not completed and not ctx.settled:
                 # The client went away (cancelled, or the generator closed mid-yield).
-                abandon(relay.upstream)
+                cancel_call(relay.upstream)
                 if not ctx.finished:
                     ctx.finish(499, "client disconnected")
                 self._price_stream(relay, ctx)
                 await asyncio.shield(self.settle(ctx))
         if relay.timed_out:
-            abandon(relay.upstream)
+            cancel_call(relay.upstream)
         status = (504 if relay.timed_out else 500) if relay.error else 200
         ctx.finish(status, relay.error, ("timeout" if relay.timed_out else "engine_error") if relay.error else None)
         self._price_stream(relay, ctx)

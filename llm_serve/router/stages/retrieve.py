@@ -17,18 +17,9 @@ from llm_serve.prompts.version import PromptVersion
 from llm_serve.rag.errors import RagError
 from llm_serve.rag.retriever import RagRequest, Retrieval, Retriever, grounded_messages, question_of
 from llm_serve.router.context import RequestContext
-from llm_serve.router.errors import OpenAIError
+from llm_serve.router.errors import OpenAIError, from_rag_error
 from llm_serve.router.observe import Observer
 from llm_serve.router.replay import refusal_payload, replay
-
-# How each kind of RAG failure is answered.
-STATUS_OF_KIND = {"invalid_request": 400, "not_found": 404, "unavailable": 503, "failed": 500}
-
-
-def http_error(exc: RagError) -> OpenAIError:
-    """A RAG failure as the client sees it: the status of its kind, `param` named as in the request."""
-    param = "messages" if exc.param == "question" else (f"rag.{exc.param}" if exc.param else None)
-    return OpenAIError(STATUS_OF_KIND[exc.kind], exc.message, code=exc.code, param=param)
 
 
 class Retrieve:
@@ -47,7 +38,7 @@ class Retrieve:
         try:
             retrieval, ctx.extra = await self._retrieve(ctx.body, rag, ctx.alias)
         except RagError as exc:
-            raise http_error(exc) from None
+            raise from_rag_error(exc) from None
         self.observer.metrics.retrieval.observe(
             sum(retrieval.timings_ms.values()) / 1000, {"collection": rag.collection}
         )

@@ -1,10 +1,16 @@
 """Settle: price what was produced, then close the books on the request exactly once.
 
-Settlement writes the ledger row, ends the span, records the metrics and logs the request line. It
-runs once per request whatever happened (answered, refused, failed, client gone): the pipeline calls
-it in a `finally`, and a relayed stream, which outlives the handler, calls it from its own `finally`
-before its last event. `settled` makes a second call a no-op. A request that was refused before it
-named any model gets no ledger row (nothing to bill or to group by), but still its span and log.
+Settlement writes the ledger row (releasing the request's reservation), ends the span, records the
+metrics and logs the request line. It runs once per request whatever happened (answered, refused,
+failed, client gone): the pipeline calls it in a `finally`, and a relayed stream, which outlives the
+handler, calls it from its own `finally` before its last event. `settled` makes a second call a
+no-op. A request that was refused before it named any model gets no ledger row (nothing to bill or
+to group by), but still its span and log.
+
+A request that did not get its answer (client gone, timeout) while the engine call it owns is still
+running is settled once that call ends (coalesce.py: it runs on, or ends when nobody reads it), so
+the row carries the engine's own count of what it produced. The wait is bounded by
+`server.billing_grace_s`; past it the call is aborted and the row says what is unknown.
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ from llm_serve.config import Config
 from llm_serve.router.context import RequestContext
 from llm_serve.router.errors import OpenAIError
 from llm_serve.router.observe import Observer, current
+from llm_serve.router.record_spool import RecordSpool, spool_file
 from llm_serve.router.state import StateClient
 
 logger = logging.getLogger("llm_serve.router")
 
+# How long an aborted flight gets to report its last usage.
+FLIGHT_CANCEL_WAIT_S = 5.0
 # Answers served from another request's engine call: priced by `cache.hit_billing`.
 SHARED_ANSWERS = ("hit", "semantic_hit", "coalesced")
 
@@ -51,25 +60,60 @@ def price_usage(config: Config, ctx: RequestContext, usage: dict[str, Any] | Non
 
 
 class Settler:
-    def __init__(self, state: StateClient, observer: Observer) -> None:
+    def __init__(self, config: Config, state: StateClient, observer: Observer) -> None:
+        self.config = config
         self.state = state
         self.observer = observer
+        self._deferred: set[asyncio.Task[None]] = set()  # settlements waiting for their engine call
+        # Rows the state actor did not take (it was down or slow): kept on disk and offered again.
+        self.spool = RecordSpool(spool_file(config.home_path / "spool"), state.record)
 
     async def __call__(self, ctx: RequestContext) -> None:
         if ctx.settled:
             return
-        ctx.settled = True
+        flight = ctx.flight
+        if flight is not None and ctx.owns_flight and not flight.done and ctx.row.status != 200:
+            ctx.settled = True  # from now on only the deferred settlement writes this request
+            ctx.row.latency_ms = round(ctx.elapsed_ms, 2)  # the client's wait, not the pricing wait
+            task = asyncio.get_running_loop().create_task(self._after_flight(ctx))
+            self._deferred.add(task)
+            task.add_done_callback(self._deferred.discard)
+            return
+        ctx.row.latency_ms = round(ctx.elapsed_ms, 2)
+        await self._write(ctx)
+
+    async def _after_flight(self, ctx: RequestContext) -> None:
+        """Price an unanswered request from the engine call it owns, once that call has ended."""
+        flight = ctx.flight
+        if not await flight.wait(self.config.server.billing_grace_s):
+            flight.cancel()
+            await flight.wait(FLIGHT_CANCEL_WAIT_S)
         row = ctx.row
-        row.latency_ms = round(ctx.elapsed_ms, 2)
+        if flight.usage is not None:
+            price_usage(self.config, ctx, flight.usage)
+            note = "priced from the engine's usage after the client left"
+        else:
+            row.prompt_tokens = row.prompt_tokens or ctx.prompt_tokens_bound or ctx.estimated_prompt_tokens
+            row.cost_usd = price(self.config, ctx, hit=False)
+            note = "the engine reported no usage: prompt estimated, output unknown"
+        row.error = f"{row.error}; {note}" if row.error else note
+        await self._write(ctx)
+
+    async def _write(self, ctx: RequestContext) -> None:
+        ctx.settled = True
+        if len(self.spool):  # rows left by an earlier failure (or a dead replica) go first
+            self.spool.start()
+        row = ctx.row
         row.ts = time.time()
         self.observer.end(ctx)
         ctx.log()
         if not row.model and 400 <= row.status < 499:
             return  # refused before naming a model: not worth a ledger row
         try:
-            await self.state.record(row)
-        except Exception:
-            logger.exception("could not record request %s", row.request_id)
+            await self.state.record(row, ctx.reservation)
+        except Exception as exc:  # kept and offered again: a row is never dropped
+            logger.warning("request %s: the ledger row waits in the router's spool (%s)", row.request_id, exc)
+            self.spool.add(row, ctx.reservation)
 
 
 async def settled(

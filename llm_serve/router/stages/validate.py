@@ -2,8 +2,9 @@
 
 After prompt rendering (the prompt adds messages and may set `response_format`), so the request is
 checked as it will be sent; a bad request is refused here, before it costs an admission or an engine
-call. Streams always ask the engine for usage, so every streamed request is counted and priced; the
-relay drops the usage chunk again unless the client asked for it.
+call. Streams always ask the engine for usage, on every chunk (`continuous_usage_stats`), so every
+streamed request is counted and priced, to the token, even when it is cut short; the relay drops the
+usage again unless the client asked for it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ def protocol() -> Any:
 
 
 def validate(request_cls: type, data: dict[str, Any]) -> Any:
+    """vLLM's request object for `data`; every refusal of its validators is the client's 4xx."""
     try:
         return request_cls.model_validate(data)
     except ValidationError as exc:
         raise invalid_body(exc.errors()) from None
-    except ValueError as exc:  # vLLM's own model validators raise plain ValueError
-        raise OpenAIError(400, str(exc), code="invalid_value") from None
+    except Exception as exc:  # vLLM's own validators raise ValueError or VLLMValidationError (with `parameter`)
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        raise OpenAIError(400, message, code="invalid_value", param=getattr(exc, "parameter", None)) from None
 
 
 def sanitize_messages(body: Any) -> Any:
@@ -50,9 +53,18 @@ class Validate:
 
     async def __call__(self, ctx: RequestContext) -> None:
         data = ctx.data
-        ctx.include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-        if data.get("stream"):
-            data = {**data, "stream_options": {**(data.get("stream_options") or {}), "include_usage": True}}
+        options = data.get("stream_options")
+        # Anything but an object (or null) is left for the protocol model to refuse with a 422.
+        if options is None or isinstance(options, dict):
+            ctx.include_usage = bool((options or {}).get("include_usage"))
+            ctx.continuous_usage = bool((options or {}).get("continuous_usage_stats"))
+            if data.get("stream"):
+                forced = {"include_usage": True, "continuous_usage_stats": True}
+                data = {**data, "stream_options": {**(options or {}), **forced}}
         body = validate(self.request_classes[ctx.route], data)
-        ctx.body = sanitize_messages(body) if ctx.route == "chat" else body
+        if ctx.route == "chat":
+            if not body.messages:
+                raise OpenAIError(400, "messages must not be empty", code="invalid_value", param="messages")
+            body = sanitize_messages(body)
+        ctx.body = body
         ctx.estimated_prompt_tokens = estimate_tokens(data)

@@ -1,0 +1,102 @@
+"""How many tokens a request's prompt holds, for its reservation: exact where the router can tokenize.
+
+A reservation must not be smaller than what the request will cost, or concurrent requests can
+overspend a budget. The exact count is the pool's own tokenizer and chat template, which the router
+loads from the model's local directory (the bundled model and local directories; a hub id too when
+the router's node can reach the hub). vLLM renders the same template, so the count matches the
+engine's `usage.prompt_tokens` up to special tokens, which `MARGIN` covers. Where no tokenizer
+loads, the bound is the prompt's UTF-8 bytes (a byte-level BPE token covers at least one byte) plus
+`router.prompt_overhead_tokens` for the template. Counting runs in a thread: the tokenizer is Rust
+and releases the GIL, so a long prompt does not stall the router's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from typing import Any
+
+logger = logging.getLogger("llm_serve.router")
+
+MARGIN = 8  # special tokens the engine may add around the rendered template
+
+
+class PromptTokens:
+    def __init__(self, sources: dict[str, str], overhead_tokens: int) -> None:
+        self.sources = sources  # model id -> a local model directory or a hub id
+        self.overhead_tokens = overhead_tokens
+        self._tokenizers: dict[str, Any] = {}
+        self._failed: set[str] = set()
+        self._lock = threading.Lock()
+
+    async def count(self, model_id: str, route: str, body: Any) -> int:
+        tokenizer = await asyncio.to_thread(self._tokenizer, model_id)
+        if tokenizer is not None:
+            try:
+                return await asyncio.to_thread(_exact, tokenizer, route, body) + MARGIN
+            except Exception as exc:  # an unusual message shape: the bound still holds
+                logger.debug("could not tokenize a %s prompt for %s: %s", route, model_id, exc)
+        return bound(route, body, self.overhead_tokens)
+
+    def _tokenizer(self, model_id: str) -> Any:
+        if model_id in self._tokenizers or model_id in self._failed or model_id not in self.sources:
+            return self._tokenizers.get(model_id)
+        with self._lock:
+            if model_id not in self._tokenizers and model_id not in self._failed:
+                try:
+                    from transformers import AutoTokenizer
+
+                    self._tokenizers[model_id] = AutoTokenizer.from_pretrained(self.sources[model_id])
+                except Exception as exc:
+                    logger.warning(
+                        "no tokenizer for %s (%s: %s); reservations count its prompts by bytes",
+                        model_id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    self._failed.add(model_id)
+        return self._tokenizers.get(model_id)
+
+
+def _plain(item: Any) -> Any:
+    return item.model_dump() if hasattr(item, "model_dump") else item
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) if isinstance(p, dict) else str(p) for p in content)
+    return "" if content is None else json.dumps(content, default=str)
+
+
+def _exact(tokenizer: Any, route: str, body: Any) -> int:
+    if route == "chat":
+        messages = [{**m, "content": _text(m.get("content"))} for m in body.messages]
+        tools = [_plain(t) for t in body.tools] if body.tools else None
+        encoded = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return len(ids)
+    return sum(len(ids) if isinstance(ids, list) else len(tokenizer.encode(ids)) for ids in _prompts(body.prompt))
+
+
+def _prompts(prompt: Any) -> list[Any]:
+    """A completions prompt as a list of prompts, each a string or a list of token ids."""
+    if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)):
+        return [prompt]
+    return list(prompt or [])
+
+
+def bound(route: str, body: Any, overhead_tokens: int) -> int:
+    """An upper bound without a tokenizer: UTF-8 bytes of every text, token ids as they are, plus overhead."""
+    if route == "chat":
+        size = sum(len(_text(m.get("content")).encode()) + len(str(m.get("role", ""))) for m in body.messages)
+        if body.tools:
+            size += len(json.dumps([_plain(t) for t in body.tools], default=str))
+        return size + overhead_tokens
+    total = 0
+    for ids in _prompts(body.prompt):
+        total += len(ids) if isinstance(ids, list) else len(str(ids).encode())
+    return total + overhead_tokens
