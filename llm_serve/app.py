@@ -17,7 +17,7 @@ from ray.serve.deployment import Application
 
 from llm_serve.config import Config, load_config, parse_config
 from llm_serve.engine import build_engine_deployment
-from llm_serve.engine.pool import OFFLINE_ENV, autoscaling_options, deployment_safe
+from llm_serve.engine.pool import OFFLINE_ENV, autoscaling_options, deployment_safe, engine_deployment_name
 from llm_serve.models import resolve_model_source
 from llm_serve.prompts import PromptRegistry
 from llm_serve.prompts.template import PromptTemplate
@@ -58,6 +58,11 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
             )
             .bind(embedder.model_dump(mode="json"), tracing)
         )
+    return _router_app(config, engines, embedders, sources)
+
+
+def _router_app(config: Config, engines: dict[str, Any], embedders: dict[str, Any], sources: dict[str, str]) -> Any:
+    """The router and its router-state in front of the given engine and embedder deployments (or handles)."""
     # One replica on purpose: rate-limit windows, spend and the exact cache must be one truth for
     # every router replica (see router/state.py).
     state = (
@@ -72,6 +77,23 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
     )
     prompts = {"rag": load_rag_prompt(config).to_dict(), "registry": load_prompt_registry(config).to_dict()}
     return router.bind(config.model_dump(mode="json"), engines, embedders, prompts, state, sources)
+
+
+def build_router_app(config: Config, engines_of: str) -> Application:
+    """Another front door onto the engines and embedders of the running application `engines_of`.
+
+    A router of its own (its keys, limits, caches, prompts and ledger, from `config`) whose pools are
+    the other application's replicas: for an internal and an external endpoint over one set of
+    engines, or a tenant with its own ledger. `config.models` and `config.embedding_models` name the
+    deployments to reach; nothing is started for them.
+    """
+    engines = {m.id: serve.get_deployment_handle(engine_deployment_name(m.id), engines_of) for m in config.models}
+    embedders = {
+        e.id: serve.get_deployment_handle(f"embedder-{deployment_safe(e.id)}", engines_of)
+        for e in config.embedding_models
+    }
+    sources = {m.id: resolve_model_source(m.source, config.home_path, pull=False) for m in config.models}
+    return _router_app(config, engines, embedders, sources)
 
 
 def _project_path(value: str) -> Path:

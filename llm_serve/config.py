@@ -110,6 +110,12 @@ class RouterConfig(Strict):
         512, ge=1, description="Concurrent requests one router replica holds before Serve queues."
     )
     num_cpus: float = Field(0.0, ge=0, description="Logical CPUs reserved per router replica.")
+    max_inflight_requests: int = Field(
+        256,
+        ge=1,
+        description="Generation and embedding requests one router replica works on at once; past it new ones "
+        "get 503 overloaded with Retry-After at once, so the accepted ones keep their latency.",
+    )
     state_timeout_s: float = Field(
         10.0,
         gt=0,

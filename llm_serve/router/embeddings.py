@@ -103,6 +103,7 @@ class EmbeddingsRoute:
         self.settle = settle
 
     async def handle(self, request: Request) -> Response:
+        self.observer.check_capacity(self.config.router.max_inflight_requests)
         caller = self.keys.caller(request.headers)
         data = await read_json(request, self.config.server.max_body_bytes)
         model_id = self._model(data, caller)

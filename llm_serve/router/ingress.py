@@ -32,6 +32,7 @@ from llm_serve.router.embeddings import EmbeddingsRoute
 from llm_serve.router.errors import install_error_handlers
 from llm_serve.router.model_cards import ModelCards
 from llm_serve.router.observe import Observer
+from llm_serve.router.openapi import install_request_schemas
 from llm_serve.router.pipeline import GenerationPipeline
 from llm_serve.router.prompt_tokens import PromptTokens
 from llm_serve.router.semantic_cache import SemanticCache
@@ -107,6 +108,7 @@ class Router:
             ],
             keys=self.keys,
             max_body_bytes=config.server.max_body_bytes,
+            max_inflight=config.router.max_inflight_requests,
             observer=self.observer,
             settle=self.settle,
         )
@@ -141,6 +143,7 @@ class Router:
         app.add_api_route("/v1/completions", self.completions, methods=["POST"])
         app.add_api_route("/v1/embeddings", self.embeddings_route.handle, methods=["POST"])
         self.admin.install(app)
+        install_request_schemas(app)
         return app
 
     async def chat_completions(self, request: Request) -> Response:

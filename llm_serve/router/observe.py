@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from llm_serve.eval.groundedness import GroundednessMonitor
 from llm_serve.router.context import RequestContext
+from llm_serve.router.errors import OpenAIError
 from llm_serve.telemetry import genai, tracing
 from llm_serve.telemetry.metrics import ServingMetrics
 
@@ -40,6 +41,16 @@ class Observer:
     def _gauge_ongoing(self, route: str, delta: int) -> None:
         self.ongoing[route] = self.ongoing.get(route, 0) + delta
         self.metrics.ongoing.set(self.ongoing[route], {"route": route})
+
+    def check_capacity(self, limit: int) -> None:
+        """Refuse a new request at once when this replica already holds `limit` (503 with Retry-After)."""
+        if sum(self.ongoing.values()) >= limit:
+            raise OpenAIError(
+                503,
+                f"this router replica is at its limit of {limit} requests in flight; try again shortly",
+                code="overloaded",
+                headers={"retry-after": "1"},
+            )
 
     def waiting(self, delta: int) -> None:
         """A request starts (+1) or stops (-1) waiting for an engine's first output."""

@@ -50,12 +50,14 @@ class GenerationPipeline:
         *,
         keys: KeyRing,
         max_body_bytes: int,
+        max_inflight: int,
         observer: Observer,
         settle: Settler,
     ) -> None:
         self.stages = tuple(stages)
         self.keys = keys
         self.max_body_bytes = max_body_bytes
+        self.max_inflight = max_inflight
         self.observer = observer
         self.settle = settle
 
@@ -64,6 +66,7 @@ class GenerationPipeline:
         return tuple(name for name, _ in self.stages)
 
     async def handle(self, request: Request, route: str) -> Response:
+        self.observer.check_capacity(self.max_inflight)  # overload is refused before any work
         with tracing.tracer().start_as_current_span("llm_serve.auth") as auth_span:
             caller = self.keys.caller(request.headers)
             auth_span.set_attribute("llm_serve.key", caller.name)

@@ -30,16 +30,17 @@ Send = Callable[[LedgerRow, str | None], Awaitable[None]]
 SPOOL_PREFIX = "router-"
 
 
-def spool_file(directory: Path) -> Path:
-    """This process's spool: named by its pid, so a dead replica's spool can be told from a live one's."""
-    return directory / f"{SPOOL_PREFIX}{os.getpid()}.jsonl"
+def spool_file(directory: Path, app_name: str) -> Path:
+    """This process's spool: named by its application (whose state takes the rows) and its pid, so a dead
+    replica's spool can be told from a live one's."""
+    return directory / f"{SPOOL_PREFIX}{app_name}-{os.getpid()}.jsonl"
 
 
 def _alive(path: Path) -> bool:
     try:
-        pid = int(path.stem.removeprefix(SPOOL_PREFIX))
+        pid = int(path.stem.rsplit("-", 1)[1])
         os.kill(pid, 0)
-    except ValueError:
+    except (ValueError, IndexError):
         return False
     except ProcessLookupError:
         return False
@@ -58,8 +59,9 @@ class RecordSpool:
     def _load(self) -> list[tuple[LedgerRow, str | None]]:
         """This replica's spool, and those of replicas that died with rows still in theirs."""
         rows = []
-        for path in sorted(self.path.parent.glob(f"{SPOOL_PREFIX}*.jsonl")):
-            if path != self.path and _alive(path):
+        app = self.path.stem.rsplit("-", 1)[0]
+        for path in sorted(self.path.parent.glob(f"{app}-*.jsonl")):
+            if path.stem.rsplit("-", 1)[0] != app or (path != self.path and _alive(path)):
                 continue
             with contextlib.suppress(OSError):
                 for line in path.read_text(encoding="utf-8").splitlines():

@@ -31,7 +31,8 @@ SEEN_ROWS = 100_000
 
 
 def spool_path(config: Config) -> Path:
-    return config.home_path / "spool" / "ledger.jsonl"
+    """The ledger writer's spool: one per application, as each has its own router-state and ledger."""
+    return config.home_path / "spool" / f"{config.app_name}-ledger.jsonl"
 
 
 class RouterState:

@@ -37,14 +37,27 @@ def ingest(stack, *args: str):
 
 
 def row_count(stack) -> int:
-    from pymilvus import MilvusClient
+    """The collection's rows, read directly from Milvus Lite. A fresh gRPC connection to the Lite server is
+    now and then refused ("too many pings", a GOAWAY of its gRPC keepalive policing): try again."""
+    import time
 
-    client = MilvusClient(uri="http://127.0.0.1:19541")
-    try:
-        client.load_collection(COLLECTION)
-        return int(client.query(COLLECTION, filter="", output_fields=["count(*)"])[0]["count(*)"])
-    finally:
-        client.close()
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    for attempt in range(3):
+        try:
+            client = MilvusClient(uri="http://127.0.0.1:19541")
+        except MilvusException:
+            if attempt == 2:
+                raise
+            time.sleep(2)
+            continue
+        try:
+            client.load_collection(COLLECTION)
+            return int(client.query(COLLECTION, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        finally:
+            client.close()
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")

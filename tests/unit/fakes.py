@@ -9,6 +9,7 @@ failure; `build` makes a router over stand-in pools with the real RouterState on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 from ray.serve.llm.openai_api_models import ChatCompletionResponse
+from starlette.requests import ClientDisconnect
 
 from llm_serve.config import parse_config
 from llm_serve.prompts import PromptRegistry, default_prompts_dir
@@ -144,6 +146,16 @@ class Engine:
 def build(
     extra: dict[str, Any] | None = None, *, engines: dict[str, Engine] | None = None, prompts: bool = False
 ) -> tuple[httpx.AsyncClient, dict[str, Engine], RouterState]:
+    """A router over stand-in pools A and B (priced), the real RouterState on SQLite, and an httpx client."""
+    app, engines, state = build_app(extra, engines=engines, prompts=prompts)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    return client, engines, state
+
+
+def build_app(
+    extra: dict[str, Any] | None = None, *, engines: dict[str, Engine] | None = None, prompts: bool = False
+) -> tuple[Any, dict[str, Engine], RouterState]:
+    """The same router as `build`, as its bare ASGI app (for clients httpx cannot play)."""
     config = parse_config(
         {
             "models": [
@@ -158,8 +170,7 @@ def build(
     state = RouterState(config)
     registry = {"registry": PromptRegistry.load(default_prompts_dir()).to_dict()} if prompts else None
     router = Router(config, {m: e.handle for m, e in engines.items()}, {}, registry, state=state)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=router.build_asgi_app()), base_url="http://test")
-    return client, engines, state
+    return router.build_asgi_app(), engines, state
 
 
 def keys_config(**alice: Any) -> dict[str, Any]:
@@ -240,3 +251,47 @@ def default_embed(name: str, texts: Any) -> Any:
         return awaitable(None)
     vectors = np.arange(len(texts) * 3, dtype=np.float32).reshape(len(texts), 3)
     return awaitable(EmbeddingResult(vectors, [2] * len(texts)))
+
+
+# ---- a client that goes away mid-response ---------------------------------------------------------
+
+
+async def post_and_leave(app: Any, path: str, body: dict[str, Any], *, after_chunks: int) -> list[bytes]:
+    """POST `body`, read `after_chunks` body chunks, then drop the connection (the next send fails, as a
+    real server's does when the socket is gone). Returns the chunks read. httpx's ASGI transport cannot
+    do this: closing its response early still lets the app run to the end."""
+    chunks: list[bytes] = []
+    messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+    gone = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if gone.is_set():
+            raise OSError("client went away")
+        if message["type"] == "http.response.body" and message.get("body"):
+            chunks.append(message["body"])
+            if len(chunks) >= after_chunks:
+                gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    with contextlib.suppress(OSError, ClientDisconnect):
+        await app(scope, receive, send)
+    return chunks

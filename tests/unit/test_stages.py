@@ -116,6 +116,7 @@ async def test_an_early_answer_skips_the_later_stages_and_settles_once() -> None
         [("a", Recorder("a", log)), ("b", Recorder("b", log, answer="hit")), ("c", Recorder("c", log))],
         keys=None,  # type: ignore[arg-type]
         max_body_bytes=1024,
+        max_inflight=100,
         observer=observer(),
         settle=settle,  # type: ignore[arg-type]
     )
@@ -137,6 +138,7 @@ async def test_a_failing_stage_is_settled_once_with_its_status(error: Exception,
         [("a", Recorder("a", [], fail=error)), ("b", Recorder("b", []))],
         keys=None,  # type: ignore[arg-type]
         max_body_bytes=1024,
+        max_inflight=100,
         observer=observer(),
         settle=settle,  # type: ignore[arg-type]
     )

@@ -66,7 +66,7 @@ class Settler:
         self.observer = observer
         self._deferred: set[asyncio.Task[None]] = set()  # settlements waiting for their engine call
         # Rows the state actor did not take (it was down or slow): kept on disk and offered again.
-        self.spool = RecordSpool(spool_file(config.home_path / "spool"), state.record)
+        self.spool = RecordSpool(spool_file(config.home_path / "spool", config.app_name), state.record)
 
     async def __call__(self, ctx: RequestContext) -> None:
         if ctx.settled:

@@ -1,0 +1,127 @@
+"""Every token an engine produced is priced: for clients that leave, streams cut short, shared calls.
+
+Before, a non-streamed request whose client gave up was recorded as 499, 0 tokens, $0 while the
+engine did the work, and a coalesced engine call outlived all its callers unbilled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llm_serve.router.coalesce import Coalescer, EngineCallAborted
+from tests.unit.fakes import GREEDY, A, B, Engine, build, build_app, chat, chat_response, post_and_leave, sse
+
+
+async def rows_when(state: Any, predicate: Any, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """The ledger rows once `predicate(rows)` holds (a deferred settlement lands a moment later)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        rows = await state.recent(1000)
+        if predicate(rows) or asyncio.get_running_loop().time() > deadline:
+            return rows
+        await asyncio.sleep(0.05)
+
+
+class Slow(Engine):
+    """Answers after `delay_s`; its stream carries the running usage when asked for it (as vLLM does)."""
+
+    async def _results(self, body: Any) -> AsyncIterator[Any]:
+        if not body.stream:
+            await asyncio.sleep(self.delay_s)
+            response = chat_response("a long answer")
+            response.usage.completion_tokens = 40
+            yield response
+            return
+        head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": self.model}
+        running = bool(body.stream_options and body.stream_options.continuous_usage_stats)
+        for i in range(1, 50):
+            await asyncio.sleep(self.delay_s / 50)
+            chunk = {**head, "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
+            if running:
+                chunk["usage"] = {"prompt_tokens": 9, "completion_tokens": i, "total_tokens": 9 + i}
+            yield [sse(chunk)]
+
+
+async def test_a_client_that_leaves_a_non_streamed_request_is_billed_for_the_answer() -> None:
+    engines = {A: Slow(A, delay_s=0.4), B: Engine(B)}
+    client, _, state = build(engines=engines)
+    async with client:
+        request = asyncio.create_task(client.post("/v1/chat/completions", json=chat()))
+        await asyncio.sleep(0.1)
+        request.cancel()
+        rows = await rows_when(state, lambda rows: rows)
+    row = rows[0]
+    assert row["status"] == 499 and row["completion_tokens"] == 40 and row["prompt_tokens"] == 5
+    assert row["cost_usd"] == (5 * 1.0 + 40 * 2.0) / 1e6
+    assert "priced from the engine's usage" in row["error"]
+
+
+async def test_a_stream_cut_short_is_priced_from_the_running_usage_which_the_client_does_not_see() -> None:
+    engines = {A: Slow(A, delay_s=2.0), B: Engine(B)}
+    app, _, state = build_app(engines=engines)
+    chunks = await post_and_leave(app, "/v1/chat/completions", chat(stream=True), after_chunks=5)
+    seen = [json.loads(e[6:]) for c in chunks for e in c.decode().split("\n\n") if e.startswith("data: {")]
+    assert seen and all("usage" not in chunk for chunk in seen), "running usage is stripped unless asked for"
+    rows = await rows_when(state, lambda rows: rows)
+    row = rows[0]
+    assert row["status"] == 499 and row["prompt_tokens"] == 9 and 5 <= row["completion_tokens"] < 49
+    assert "estimated" not in (row["error"] or ""), "the engine's own count, not an estimate"
+
+
+async def test_the_client_can_ask_for_running_usage_itself() -> None:
+    engines = {A: Slow(A, delay_s=0.2), B: Engine(B)}
+    client, _, _ = build(engines=engines)
+    body = chat(stream=True, stream_options={"continuous_usage_stats": True})
+    async with client, client.stream("POST", "/v1/chat/completions", json=body) as resp:
+        chunks = [json.loads(line[6:]) async for line in resp.aiter_lines() if line.startswith("data: {")]
+    assert chunks and all(c.get("usage", {}).get("completion_tokens") for c in chunks if c["choices"])
+
+
+async def test_a_shared_stream_is_aborted_when_its_last_reader_leaves_and_its_owner_pays() -> None:
+    engines = {A: Slow(A, delay_s=3.0), B: Engine(B)}
+    app, _, state = build_app(engines=engines)
+    body = chat(stream=True, **GREEDY)
+    await asyncio.gather(
+        post_and_leave(app, "/v1/chat/completions", body, after_chunks=3),
+        post_and_leave(app, "/v1/chat/completions", body, after_chunks=6),
+    )
+    rows = await rows_when(state, lambda rows: len(rows) == 2)
+    assert len(engines[A].calls) == 1, "one engine call for both"
+    by_cache = {r["cache"]: r for r in rows}
+    owner, follower = by_cache["miss"], by_cache["coalesced"]
+    assert 6 <= owner["completion_tokens"] < 49, "the call ended when its last reader left, and the owner paid"
+    assert owner["status"] == follower["status"] == 499
+    assert owner["cost_usd"] > follower["cost_usd"]
+
+
+async def test_a_flight_nobody_reads_is_aborted_unless_it_must_finish_to_be_priced() -> None:
+    cancelled: list[bool] = []
+
+    async def engine_call() -> AsyncIterator[Any]:
+        try:
+            for i in range(100):
+                await asyncio.sleep(0.01)
+                yield [sse({"choices": [{"delta": {"content": str(i)}}], "usage": {"completion_tokens": i}})]
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    coalescer = Coalescer(timeout_s=10)
+    stream = coalescer.start(engine_call, stream=True)
+    reader = stream.subscribe()
+    await reader.__anext__()
+    reader.cancel()
+    assert await stream.wait(1.0) and stream.usage is not None and stream.usage["completion_tokens"] < 99
+    assert cancelled == [True], "the engine call itself was stopped"
+    late = stream.subscribe()
+    try:
+        while True:
+            await late.__anext__()
+    except EngineCallAborted:
+        pass
+    whole = coalescer.start(engine_call, stream=False)  # a non-streamed call runs on to be priced
+    whole.subscribe().cancel()
+    assert await whole.wait(3.0) and whole.usage["completion_tokens"] == 99
