@@ -555,7 +555,9 @@ class RoutingConfig(Strict):
     breaker_probe_interval_s: float = Field(
         5.0, gt=0, description="How often a down pool is probed (its health check); also the Retry-After given."
     )
-    breaker_probe_timeout_s: float = Field(5.0, gt=0, description="How long one probe of a down pool may take.")
+    breaker_probe_timeout_s: float = Field(
+        10.0, gt=0, description="How long one health probe may take before the pool counts as not answering."
+    )
     auto: list[AutoRule] = Field(
         default_factory=list, description="Rules for `model: auto`, first match wins; empty disables 'auto'."
     )

@@ -4,8 +4,9 @@ When an engine replica dies, Serve restarts it, and on CPU the new engine compil
 minutes. Requests sent meanwhile wait in Serve's queue for a replica that does not exist yet, so a
 client sees a hang, not an error. The breaker turns that into a quick 503 with `Retry-After`:
 
-- a pool is **down** after `failures_to_open` consecutive failed calls (the replica died, it is
-  unavailable, it refused for back-pressure), or when a health probe fails while calls are failing;
+- a pool is **down** after `failures_to_open` consecutive failed calls, or at once when a call fails
+  because its replica died and a health probe right after it fails too (with several replicas the
+  probe reaches a live one and the pool stays up);
 - while it is down, new requests for it get 503 `engine_unavailable` at once (or go to a fallback
   pool), and requests already waiting for its first output are released with the same answer;
 - a probe (`check_health` on the pool, `probe_interval_s` apart, each bounded by `probe_timeout_s`)
@@ -20,7 +21,13 @@ import logging
 import time
 from typing import Any
 
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import ReplicaUnavailableError
+
 logger = logging.getLogger("llm_serve.router")
+
+# Errors that mean the replica serving the call is gone (as opposed to the request being bad).
+REPLICA_GONE: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError, ReplicaUnavailableError)
 
 
 class PoolDown(RuntimeError):
@@ -43,7 +50,8 @@ class PoolBreaker:
         self.failures = 0
         self.opened_at: float | None = None
         self._down = asyncio.Event() if _loop_running() else None
-        self._probe: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None  # the check after a replica died
+        self._recovery: asyncio.Task[None] | None = None  # the checks that close an open breaker
 
     @property
     def is_down(self) -> bool:
@@ -64,8 +72,20 @@ class PoolBreaker:
 
     def failed(self, exc: BaseException) -> None:
         self.failures += 1
-        if self.failures >= self.failures_to_open and self.opened_at is None:
+        if self.opened_at is not None:
+            return
+        if self.failures >= self.failures_to_open:
             self._open(f"{self.failures} failed calls, the last {type(exc).__name__}")
+        elif isinstance(exc, REPLICA_GONE) and (self._probe is None or self._probe.done()):
+            self._probe = asyncio.get_running_loop().create_task(self._probe_after_death(exc))
+
+    async def _probe_after_death(self, exc: BaseException) -> None:
+        """A replica died: is any left? A probe that gets no answer says no, and opens the breaker."""
+        try:
+            await asyncio.wait_for(self.handle.check_health.remote(), self.probe_timeout_s)
+        except Exception:
+            if self.opened_at is None:
+                self._open(f"a replica died ({type(exc).__name__}) and the pool does not answer its health check")
 
     async def wait_down(self) -> None:
         """Returns when the breaker opens (for a request waiting on this pool's first output)."""
@@ -80,8 +100,8 @@ class PoolBreaker:
         logger.error("engine pool %s is down (%s); requests get 503 until a health probe passes", self.model_id, why)
         if self._down is not None:
             self._down.set()
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_until_up())
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._probe_until_up())
 
     def _close(self) -> None:
         down_for = time.monotonic() - (self.opened_at or time.monotonic())

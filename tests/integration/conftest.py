@@ -80,3 +80,100 @@ def aclient(stack: Stack):
     import openai
 
     return openai.AsyncOpenAI(base_url=stack.base_url, api_key="not-needed", timeout=300, max_retries=0)
+
+
+# ---- a second router, with API keys, in front of the same engines ---------------------------------
+
+TENANT_PREFIX = "/tenants"
+TENANT_KEYS = {
+    "acme": "sk-itest-acme",
+    "globex": "sk-itest-globex",
+    "burst": "sk-itest-burst",
+    "fuzz": "sk-itest-fuzz",
+    "admin": "sk-itest-admin",
+}
+
+
+def _sha(key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def tenant_config(stack: Stack) -> dict:
+    """The suite's stack config with keys: two tenants with their own collections and RAG alias, a key with a
+    small budget, a tightly capped key for fuzzing, an admin. Its own application name and ledger."""
+    import yaml
+
+    base = yaml.safe_load(CONFIG.read_text())
+    price = {"input_per_1m": 100.0, "output_per_1m": 200.0}  # dear, so that a small budget binds quickly
+    base["models"][0]["price"] = price
+    keys = [
+        {"name": "acme", "collections": ["acme_docs"], "models": [stack.model, "acme-support"]},
+        {"name": "globex", "collections": ["globex_docs"]},
+        {"name": "burst", "budget_usd": 0.03, "budget_period": "total"},
+        {"name": "fuzz", "limits": {"max_tokens": 4, "max_n": 2, "max_messages": 8}, "collections": ["*"]},
+        {"name": "admin", "admin": True},
+    ]
+    base["auth"] = {"keys": [{**k, "key_sha256": _sha(TENANT_KEYS[k["name"]])} for k in keys]}
+    base["app_name"] = "tenants"
+    base["ledger"] = {"url": f"sqlite:///{Path(stack.env['LLM_SERVE_HOME']) / 'tenants-ledger.sqlite'}"}
+    base["rag"]["aliases"] = [
+        {"id": "acme-support", "model": stack.model, "collection": "acme_docs", "filter": 'source like "%warranty%"'}
+    ]
+    base["cache"]["semantic"]["enabled"] = False
+    return base
+
+
+@dataclass(frozen=True)
+class Tenants:
+    url: str
+    model: str
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {TENANT_KEYS[name]}"}
+
+
+@pytest.fixture(scope="session")
+def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Tenants:
+    """The tenant router as a Serve application of its own on the suite's Ray (llm_serve.app.build_router_app),
+    using the suite's engine and embedder replicas; with its collections ingested."""
+    import time
+    import urllib.request
+
+    import yaml
+
+    from llm_serve import local_cluster as lc
+
+    config_file = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
+    config_file.write_text(yaml.safe_dump(tenant_config(stack)))
+    stack_config = load_config(CONFIG)
+    code = (
+        "import ray; from ray import serve; from llm_serve.config import load_config; "
+        "from llm_serve.app import build_router_app; "
+        f"ray.init(address='127.0.0.1:{stack_config.ray.gcs_port}', namespace='llm-serve', log_to_driver=False); "
+        f"serve._run(build_router_app(load_config({str(config_file)!r}), {stack_config.app_name!r}), "
+        f"_blocking=False, name='tenants', route_prefix={TENANT_PREFIX!r})"
+    )
+    env = {**stack.env, **lc.ray_env(stack_config)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    url = stack.url + TENANT_PREFIX
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the tenant router did not come up"
+        time.sleep(1)
+    for collection, source in (("acme_docs", "warranty-and-billing.md"), ("globex_docs", "troubleshooting.md")):
+        out = stack.cli("ingest", str(ROOT / "data" / "manual" / source), "--collection", collection, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+    return Tenants(url=url, model=stack.model)

@@ -168,7 +168,10 @@ def build_app(
     )
     engines = engines or {A: Engine(A), B: Engine(B)}
     state = RouterState(config)
-    registry = {"registry": PromptRegistry.load(default_prompts_dir()).to_dict()} if prompts else None
+    registry = None
+    if prompts:  # the bundled registry, and the grounded-answer prompt retrieval needs
+        bundled = PromptRegistry.load(default_prompts_dir())
+        registry = {"registry": bundled.to_dict(), "rag": bundled.resolve("rag-grounded").prompt.to_dict()}
     router = Router(config, {m: e.handle for m, e in engines.items()}, {}, registry, state=state)
     return router.build_asgi_app(), engines, state
 

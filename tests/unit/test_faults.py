@@ -242,3 +242,22 @@ async def test_past_its_limit_a_router_refuses_at_once_and_the_accepted_keep_the
         assert_openai_error(resp, 503, "overloaded")
         assert resp.headers["retry-after"] == "1"
     assert len(engines[A].calls) == 2
+
+
+async def test_one_replica_death_opens_the_breaker_when_no_replica_answers_the_probe() -> None:
+    from ray.exceptions import RayActorError
+
+    class Dead(Flaky):
+        async def _results(self, body: Any) -> AsyncIterator[Any]:
+            raise RayActorError()
+            yield  # pragma: no cover
+
+    engine = Dead(A)
+    config = {"routing": {"breaker_failures": 5, "breaker_probe_interval_s": 0.1, "breaker_probe_timeout_s": 0.2}}
+    client, _, _ = build(config, engines={A: engine, B: Engine(B)})
+    async with client:
+        assert_openai_error(await client.post("/v1/chat/completions", json=chat()), 503, "engine_unavailable")
+        await asyncio.sleep(0.4)  # the probe after the death gets no answer
+        calls = len(engine.calls)
+        assert_openai_error(await client.post("/v1/chat/completions", json=chat()), 503, "engine_unavailable")
+        assert len(engine.calls) == calls, "one death and a silent pool: it is down, not called again"

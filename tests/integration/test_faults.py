@@ -1,0 +1,152 @@
+"""Faults on the real stack: a locked ledger, the state actor killed, an engine replica killed, Milvus gone.
+
+These break the suite's shared stack on purpose, so they run after every other test (tests/conftest.py)
+and in this order, the engine last but one and Milvus last. Each process is found by its Ray actor's
+class name and killed by its pid: only processes this suite's own `llm-serve up` started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_serve import local_cluster as lc
+from llm_serve.config import load_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.destructive]
+CONFIG = load_config(Path(__file__).with_name("config.yaml"))
+RECOVERY_TIMEOUT_S = 900
+
+
+def actor_pid(class_name: str) -> int:
+    """The pid of the live Ray actor with this class name (e.g. ServeReplica:tenants:router-state)."""
+    from ray.util.state import list_actors
+
+    os.environ.update(lc.ray_env(CONFIG))
+    actors = list_actors(
+        address=f"http://127.0.0.1:{CONFIG.ray.dashboard_port}",
+        filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
+        limit=10,
+    )
+    assert actors, f"no live actor {class_name}"
+    return int(actors[0].pid)
+
+
+def chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, **extra}
+
+
+def request_ids(tenants, key: str) -> set[str]:
+    resp = httpx.get(
+        f"{tenants.url}/admin/requests", params={"key": key, "limit": 500}, headers=tenants.headers("admin"), timeout=60
+    )
+    return {r["request_id"] for r in resp.json()["data"]} if resp.status_code == 200 else set()
+
+
+def test_a_locked_ledger_database_delays_rows_and_serving_goes_on(stack, tenants) -> None:
+    ledger = Path(stack.env["LLM_SERVE_HOME"]) / "tenants-ledger.sqlite"
+    lock = sqlite3.connect(ledger, timeout=30, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    ids = [f"itest-locked-{i}" for i in range(4)]
+    try:
+        for request_id in ids:
+            started = time.monotonic()
+            resp = httpx.post(
+                f"{tenants.base_url}/chat/completions",
+                json=chat(tenants.model),
+                headers={**tenants.headers("acme"), "x-request-id": request_id},
+                timeout=120,
+            )
+            assert resp.status_code == 200 and time.monotonic() - started < 60
+        time.sleep(3)  # the writer retries meanwhile
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    deadline = time.monotonic() + 60
+    while not set(ids) <= request_ids(tenants, "acme"):
+        assert time.monotonic() < deadline, "rows written while the ledger was locked never landed"
+        time.sleep(1)
+
+
+def test_killing_the_state_actor_loses_no_row_and_keeps_the_budget(tenants) -> None:
+    def spent() -> float:
+        resp = httpx.get(
+            f"{tenants.url}/admin/usage", params={"period": "total", "key": "burst"}, headers=tenants.headers("admin")
+        )
+        return sum(r["cost_usd"] for r in resp.json()["data"]) if resp.status_code == 200 else -1.0
+
+    before = spent()
+    os.kill(actor_pid("ServeReplica:tenants:router-state"), signal.SIGKILL)
+    ids = [f"itest-state-killed-{i}" for i in range(6)]
+    for request_id in ids:
+        resp = httpx.post(
+            f"{tenants.base_url}/chat/completions",
+            json=chat(tenants.model),
+            headers={**tenants.headers("acme"), "x-request-id": request_id},
+            timeout=120,
+        )
+        assert resp.status_code == 200, resp.text  # acme has no limits: no admission needed to serve it
+    deadline = time.monotonic() + 300
+    while not set(ids) <= request_ids(tenants, "acme"):
+        assert time.monotonic() < deadline, "rows settled while the state actor was down were lost"
+        time.sleep(2)
+    assert spent() == pytest.approx(before), "the restarted state actor knows what the key spent"
+    refused = httpx.post(
+        f"{tenants.base_url}/chat/completions", json=chat(tenants.model, max_tokens=8), headers=tenants.headers("burst")
+    )
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(stack) -> None:
+    outcomes: list[tuple[float, float, int]] = []  # (sent at, seconds taken, status)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=300) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    status = http.post(f"{stack.base_url}/chat/completions", json=chat(stack.model)).status_code
+                except httpx.HTTPError:
+                    status = 0
+                outcomes.append((sent, time.monotonic() - sent, status))
+                time.sleep(0.5)
+
+    workers = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    time.sleep(5)
+    killed_at = time.monotonic()
+    os.kill(actor_pid(f"ServeReplica:{CONFIG.app_name}:engine-smollm2-135m-instruct"), signal.SIGKILL)
+    deadline = killed_at + RECOVERY_TIMEOUT_S
+    while not any(s == 200 and t > killed_at + 1 for t, _, s in outcomes):
+        assert time.monotonic() < deadline, "the pool never answered again"
+        time.sleep(2)
+    recovered_at = min(t + d for t, d, s in outcomes if s == 200 and t > killed_at + 1)
+    stop.set()
+    for worker in workers:
+        worker.join(310)
+    after = [(d, s) for t, d, s in outcomes if t >= killed_at]
+    failures = [(d, s) for d, s in after if s != 200]
+    print(f"engine killed: {len(failures)} failed, recovered after {recovered_at - killed_at:.0f} s")
+    assert failures, "requests during the restart were answered with errors"
+    assert all(s == 503 for _, s in failures), failures  # never a 500, never a client-side timeout
+    assert max(d for d, _ in failures) < 60, "failures come quickly, not after the client gives up"
+
+
+def test_without_milvus_retrieval_is_503_and_chat_goes_on(stack) -> None:
+    state = lc.read_state(CONFIG)
+    assert state is not None and state.milvus_pid
+    lc.stop_tree(state.milvus_pid)
+    with httpx.Client(base_url=stack.base_url, timeout=120) as http:
+        rag = http.post("/chat/completions", json=chat(stack.model, rag={"collection": "nimbus_manual"}))
+        assert rag.status_code == 503 and rag.json()["error"]["code"] == "store_unavailable", rag.text
+        assert http.post("/chat/completions", json=chat(stack.model)).status_code == 200
