@@ -205,6 +205,11 @@ class EngineConfig(Strict):
         "vLLM's own server does, instead of Ray Serve LLM's multiprocessing executor (a worker process and a "
         "busy-polling engine core). See llm_serve/engine/cpu_engine.py.",
     )
+    engine_metrics: bool = Field(
+        False,
+        description="Export vLLM's own metrics (tokens generated, queue, KV cache) through Ray's Prometheus "
+        "endpoint; the reliability benchmark checks the ledger's token counts against them.",
+    )
     extra_engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Further vLLM engine arguments, passed through unchanged."
     )
@@ -430,8 +435,9 @@ class ApiKey(Strict):
     models: list[str] | None = Field(None, description="Model ids (or aliases) allowed; None allows all.")
     collections: list[str] = Field(
         default_factory=list,
-        description="Collections this key may name in a request's `rag.collection` ('*': any). A RAG alias the "
-        "key may use (see `models`) reaches its own collection whatever this says; none by default.",
+        description="Collections this key may search: by name in `rag.collection`, or through a RAG alias over "
+        "one ('*': any; none by default). A RAG alias that `models` names explicitly reaches its own collection "
+        "whatever this says; `models: null` (every model) does not extend to RAG aliases.",
     )
     prompts: list[str] | None = Field(None, description="Registry prompt names allowed; None allows all.")
     rpm: int | None = Field(None, ge=1, description="Requests per minute (sliding window).")

@@ -233,6 +233,28 @@ def start_head(config: Config, log_file: Path) -> subprocess.Popen[bytes]:
     raise ClusterError(f"the local Ray did not come up within 120 s; see {log_file}")
 
 
+def replica_pids(config: Config, app_name: str, deployment: str) -> list[int]:
+    """The pids of the live Serve replicas of `deployment` in `app_name` on the private Ray (for fault tests
+    and benchmarks, which stop exactly these processes). Asked through `ray list actors` in a process of its
+    own, so it carries the private Ray's token whatever this process already imported."""
+    env = {**os.environ, **ray_env(config)}
+    cmd = [
+        str(Path(sys.executable).with_name("ray")),
+        "list",
+        "actors",
+        "--format",
+        "json",
+        "--filter",
+        f"class_name=ServeReplica:{app_name}:{deployment}",
+        "--filter",
+        "state=ALIVE",
+        "--address",
+        f"127.0.0.1:{config.ray.gcs_port}",
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=True)
+    return [int(actor["pid"]) for actor in json.loads(out.stdout or "[]")]
+
+
 def _gcs_ready(temp_dir: Path) -> bool:
     return (temp_dir / "ray_current_cluster").exists() or any(temp_dir.glob("session_latest"))
 

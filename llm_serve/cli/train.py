@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from llm_serve.cli.common import accept_config, say
 from llm_serve.config import load_config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not args.address and not os.environ.get("RAY_ADDRESS"):
+        # The Ray this runs on is llm-serve's own (the running `up`'s, or a private one): its token must be
+        # in the environment before Ray is imported, which reads the auth mode once.
+        from llm_serve import local_cluster as lc
+
+        os.environ.update(lc.ray_env(config))
     from train.config import load_train_config
     from train.job import run
 
-    config = load_config(args.config)
     recipe = load_train_config(args.recipe)
     if args.run_name:
         recipe = recipe.model_copy(update={"name": args.run_name})

@@ -117,7 +117,7 @@ def build_llm_config(
         "runtime_env": {"env_vars": engine_env(model)},
         "deployment_config": deployment_options(model),
         "experimental_configs": {"stream_batching_interval_ms": engine.stream_batching_interval_ms},
-        "log_engine_metrics": False,
+        "log_engine_metrics": engine.engine_metrics,
     }
     if tracing is not None:
         kwargs["experimental_configs"][TRACING_KEY] = tracing

@@ -40,6 +40,14 @@ class Caller:
     def may_use(self, model_id: str) -> bool:
         return self.key is None or self.key.models is None or model_id in self.key.models
 
+    def may_use_alias(self, alias_id: str, collection: str) -> bool:
+        """A RAG alias reaches a collection: the key must name the alias itself (not just allow every model)
+        or be allowed the collection."""
+        if self.key is None:
+            return True
+        named = self.key.models is not None and alias_id in self.key.models
+        return named or self.may_search(collection)
+
     def may_search(self, collection: str) -> bool:
         """Whether the key may name `collection` itself (a RAG alias it may use reaches its own anyway)."""
         return self.key is None or "*" in self.key.collections or collection in self.key.collections

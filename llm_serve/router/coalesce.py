@@ -20,6 +20,7 @@ first answer is in.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -65,7 +66,12 @@ class Flight:
         self.subscribers = 0
         self.finish_alone = finish_alone
         self._changed = asyncio.Condition()
-        self._task = asyncio.get_running_loop().create_task(self._drive(start, timeout_s))
+        # An empty context: the engine call must belong to no client's request. Ray Serve cancels the
+        # calls a request made when that request is cancelled (its client left), which would end a
+        # call the router still needs (to price it, or for the followers reading it).
+        self._task = asyncio.get_running_loop().create_task(
+            self._drive(start, timeout_s), context=contextvars.Context()
+        )
 
     async def _drive(self, start: Callable[[], Any], timeout_s: float) -> None:
         results = start()

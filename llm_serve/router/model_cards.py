@@ -97,4 +97,6 @@ def callable_by(caller: Caller, card: dict[str, Any]) -> bool:
         return caller.may_use(card["id"]) or caller.may_use(card["root"])
     if kind == "adapter":  # `base:adapter`, or the adapter's bare name
         return caller.may_use(card["id"]) or caller.may_use(card["adapter"])
-    return caller.may_use(card["id"])  # a pool, a RAG alias (not by its model), an embedding model
+    if kind == "rag":  # named by the key, or over a collection the key may search (not by its model)
+        return caller.may_use_alias(card["id"], card["collection"])
+    return caller.may_use(card["id"])  # a pool, an embedding model

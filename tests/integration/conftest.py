@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_serve.config import load_config
+from llm_serve.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("config.yaml")
@@ -36,6 +36,17 @@ class Stack:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    @property
+    def config(self) -> Config:
+        """The stack's config as its processes see it: with the test home (the pytest process has no
+        $LLM_SERVE_HOME of its own, and the home holds the run state and the private Ray's token)."""
+        return load_config(CONFIG).model_copy(update={"home": self.env["LLM_SERVE_HOME"]})
+
+    def ray_env(self) -> dict[str, str]:
+        from llm_serve import local_cluster as lc
+
+        return {**self.env, **lc.ray_env(self.config)}
 
 
 def _test_env() -> dict[str, str]:
@@ -147,11 +158,9 @@ def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Tenants:
 
     import yaml
 
-    from llm_serve import local_cluster as lc
-
     config_file = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
     config_file.write_text(yaml.safe_dump(tenant_config(stack)))
-    stack_config = load_config(CONFIG)
+    stack_config = stack.config
     code = (
         "import ray; from ray import serve; from llm_serve.config import load_config; "
         "from llm_serve.app import build_router_app; "
@@ -159,8 +168,7 @@ def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Tenants:
         f"serve._run(build_router_app(load_config({str(config_file)!r}), {stack_config.app_name!r}), "
         f"_blocking=False, name='tenants', route_prefix={TENANT_PREFIX!r})"
     )
-    env = {**stack.env, **lc.ray_env(stack_config)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code], env=stack.ray_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     url = stack.url + TENANT_PREFIX
     deadline = time.monotonic() + 300

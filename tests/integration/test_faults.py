@@ -26,18 +26,10 @@ CONFIG = load_config(Path(__file__).with_name("config.yaml"))
 RECOVERY_TIMEOUT_S = 900
 
 
-def actor_pid(class_name: str) -> int:
-    """The pid of the live Ray actor with this class name (e.g. ServeReplica:tenants:router-state)."""
-    from ray.util.state import list_actors
-
-    os.environ.update(lc.ray_env(CONFIG))
-    actors = list_actors(
-        address=f"http://127.0.0.1:{CONFIG.ray.dashboard_port}",
-        filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")],
-        limit=10,
-    )
-    assert actors, f"no live actor {class_name}"
-    return int(actors[0].pid)
+def replica_pid(stack, app: str, deployment: str) -> int:
+    pids = lc.replica_pids(stack.config, app, deployment)
+    assert pids, f"no live replica of {app}/{deployment}"
+    return pids[0]
 
 
 def chat(model: str, **extra: Any) -> dict[str, Any]:
@@ -76,7 +68,7 @@ def test_a_locked_ledger_database_delays_rows_and_serving_goes_on(stack, tenants
         time.sleep(1)
 
 
-def test_killing_the_state_actor_loses_no_row_and_keeps_the_budget(tenants) -> None:
+def test_killing_the_state_actor_loses_no_row_and_keeps_the_budget(stack, tenants) -> None:
     def spent() -> float:
         resp = httpx.get(
             f"{tenants.url}/admin/usage", params={"period": "total", "key": "burst"}, headers=tenants.headers("admin")
@@ -84,7 +76,7 @@ def test_killing_the_state_actor_loses_no_row_and_keeps_the_budget(tenants) -> N
         return sum(r["cost_usd"] for r in resp.json()["data"]) if resp.status_code == 200 else -1.0
 
     before = spent()
-    os.kill(actor_pid("ServeReplica:tenants:router-state"), signal.SIGKILL)
+    os.kill(replica_pid(stack, "tenants", "router-state"), signal.SIGKILL)
     ids = [f"itest-state-killed-{i}" for i in range(6)]
     for request_id in ids:
         resp = httpx.post(
@@ -125,7 +117,7 @@ def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(s
         worker.start()
     time.sleep(5)
     killed_at = time.monotonic()
-    os.kill(actor_pid(f"ServeReplica:{CONFIG.app_name}:engine-smollm2-135m-instruct"), signal.SIGKILL)
+    os.kill(replica_pid(stack, CONFIG.app_name, "engine-smollm2-135m-instruct"), signal.SIGKILL)
     deadline = killed_at + RECOVERY_TIMEOUT_S
     while not any(s == 200 and t > killed_at + 1 for t, _, s in outcomes):
         assert time.monotonic() < deadline, "the pool never answered again"
@@ -143,7 +135,7 @@ def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(s
 
 
 def test_without_milvus_retrieval_is_503_and_chat_goes_on(stack) -> None:
-    state = lc.read_state(CONFIG)
+    state = lc.read_state(stack.config)
     assert state is not None and state.milvus_pid
     lc.stop_tree(state.milvus_pid)
     with httpx.Client(base_url=stack.base_url, timeout=120) as http:

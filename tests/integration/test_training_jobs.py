@@ -31,12 +31,16 @@ VENV_BIN = Path(sys.executable).parent
 JOB_TIMEOUT_S = 600
 
 
-def wait_for_dashboard(port: int, timeout_s: float = 180) -> None:
-    """Job submission goes through the dashboard, which comes up after the GCS (later still on a busy machine)."""
+def wait_for_dashboard(port: int, token: str, timeout_s: float = 180) -> None:
+    """Job submission goes through the dashboard, which comes up after the GCS (later still on a busy machine)
+    and, with Ray's token auth on, answers only requests that carry the token."""
     deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/version", headers={"authorization": f"Bearer {token}"}
+    )
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=5) as resp:
+            with urllib.request.urlopen(request, timeout=5) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -65,7 +69,7 @@ def cluster() -> Iterator[dict]:
         }
     )
     head = lc.start_head(config, temp / "ray-head.log")
-    wait_for_dashboard(config.ray.dashboard_port)
+    wait_for_dashboard(config.ray.dashboard_port, lc.auth_token_path(config).read_text().strip())
     env = {
         **os.environ,
         **lc.ray_env(config),

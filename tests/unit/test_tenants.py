@@ -85,7 +85,7 @@ async def test_models_lists_only_what_the_key_may_call() -> None:
         bob = [m["id"] for m in (await client.get("/v1/models", headers=auth("bob"))).json()["data"]]
         assert bob == [B, "fast"]  # bob may use B, and so its routing alias
         admin = [m["id"] for m in (await client.get("/v1/models", headers=auth("admin"))).json()["data"]]
-        assert {A, B, "acme-support", "fast"} <= set(admin)
+        assert set(admin) == {A, B, "fast"}, "every model, but no RAG alias over a collection it may not search"
 
 
 async def test_a_key_uses_only_the_prompts_it_is_granted() -> None:
@@ -104,3 +104,18 @@ async def test_admin_routes_need_an_admin_key(path: str) -> None:
     async with client:
         assert_openai_error(await client.get(path, headers=auth("alice")), 403, "admin_only")
         assert_openai_error(await client.get(path), 401)
+
+
+async def test_a_key_allowed_every_model_does_not_reach_an_aliass_collection() -> None:
+    """`models: null` means every model, not every tenant's knowledge base behind a RAG alias."""
+    config = rag_config()  # alice: models None, no collections
+    config["auth"]["keys"].append({"name": "acme", "key_sha256": sha("sk-acme"), "collections": ["acme_docs"]})
+    client, engines, _ = build(config)
+    async with client:
+        refused = await client.post("/v1/chat/completions", json=chat("acme-support"), headers=auth("alice"))
+        assert_openai_error(refused, 403, "model_not_allowed")
+        listed = [m["id"] for m in (await client.get("/v1/models", headers=auth("alice"))).json()["data"]]
+        assert "acme-support" not in listed
+        acme = {"authorization": "Bearer sk-acme"}
+        assert "acme-support" in [m["id"] for m in (await client.get("/v1/models", headers=acme)).json()["data"]]
+    assert engines[A].calls == []

@@ -36,7 +36,12 @@ class Resolve:
         adapter = None if alias is not None or config.model(requested) else await self.adapters.find(requested)
         if alias is not None or adapter is not None:
             base = alias.model if alias is not None else adapter.base_model_id
-            if not (caller.may_use(requested) or (adapter is not None and caller.may_use(adapter.model_id))):
+            allowed = (
+                caller.may_use_alias(alias.id, alias.collection)
+                if alias is not None
+                else caller.may_use(requested) or caller.may_use(adapter.model_id)
+            )
+            if not allowed:
                 raise OpenAIError(
                     403, f"The API key '{caller.name}' may not use the model '{requested}'", code="model_not_allowed"
                 )
