@@ -51,14 +51,12 @@ def fuzz_endpoint(
         if len(out.examples) < 10:
             out.examples.append(example)
 
-    for result in schema.include(method="POST").get_all_operations():
-        operation = result.ok()
-
+    def runner(operation: Any) -> Any:
         @given(case=operation.as_strategy())
         @settings(
             max_examples=cases_per_operation, deadline=None, suppress_health_check=list(HealthCheck), database=None
         )
-        def run(case: Any, operation: Any = operation) -> None:
+        def run(case: Any) -> None:
             if isinstance(case.body, dict) and isinstance(case.body.get("model"), str) and rng.random() < served_share:
                 case.body["model"] = embedding_model if operation.path.endswith("embeddings") else model
             started = time.monotonic()
@@ -82,5 +80,8 @@ def fuzz_endpoint(
                     out.bad_errors += 1
                     keep({"path": operation.path, "status": response.status_code, "text": response.text[:300]})
 
-        run()
+        return run
+
+    for result in schema.include(method="POST").get_all_operations():
+        runner(result.ok())()
     return out

@@ -57,6 +57,15 @@ SCENARIO = "reliability"
 KEYS = {k: f"sk-bench-{k}" for k in ("acme", "globex", "burst", "fuzz", "admin")}
 SECRETS = {"acme": "ACME-MARKER-7341", "globex": "GLOBEX-MARKER-9926"}
 BUDGET_USD = 0.03
+# The fuzzing key's caps: each generated case is a short prompt and a few tokens, so hundreds of cases fit.
+FUZZ_LIMITS = {
+    "max_tokens": 4,
+    "max_n": 2,
+    "max_messages": 8,
+    "max_prompt_tokens": 256,
+    "max_embedding_inputs": 8,
+    "max_embedding_input_chars": 2000,
+}
 PRICE = {"input_per_1m": 100.0, "output_per_1m": 200.0}
 
 
@@ -75,7 +84,7 @@ def patch_for(args: argparse.Namespace):
             {"name": "acme", "collections": ["acme_docs"]},
             {"name": "globex", "collections": ["globex_docs"]},
             {"name": "burst", "budget_usd": BUDGET_USD, "budget_period": "total"},
-            {"name": "fuzz", "limits": {"max_tokens": 4, "max_n": 2, "max_messages": 8}, "collections": ["*"]},
+            {"name": "fuzz", "limits": FUZZ_LIMITS, "collections": ["*"]},
             {"name": "admin", "admin": True},
         ]
         data["auth"] = {

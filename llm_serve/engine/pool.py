@@ -29,8 +29,9 @@ def deployment_safe(model_id: str) -> str:
     return model_id.replace("/", "--").replace(":", "-").replace(".", "_")
 
 
-# Ray Serve LLM's prefix-cache-aware replica choice; it runs in the caller (our router's handles).
-PREFIX_AWARE_ROUTER = "ray.serve.llm.request_router:PrefixCacheAffinityRouter"
+# Ray Serve LLM's prefix-cache-aware replica choice, guarded against prompts without text
+# (engine/request_router.py); it runs in the caller (our router's handles).
+PREFIX_AWARE_ROUTER = "llm_serve.engine.request_router:SafePrefixCacheAffinityRouter"
 
 
 def engine_deployment_name(model_id: str) -> str:

@@ -12,6 +12,7 @@ and, in unit tests, on an in-process object.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -31,8 +32,11 @@ SEEN_ROWS = 100_000
 
 
 def spool_path(config: Config) -> Path:
-    """The ledger writer's spool: one per application, as each has its own router-state and ledger."""
-    return config.home_path / "spool" / f"{config.app_name}-ledger.jsonl"
+    """The ledger writer's spool: one per application and ledger (its rows belong to that database only)."""
+    url = config.ledger.url or default_url(config.home_path)
+    return (
+        config.home_path / "spool" / f"{config.app_name}-ledger-{hashlib.sha256(url.encode()).hexdigest()[:12]}.jsonl"
+    )
 
 
 class RouterState:

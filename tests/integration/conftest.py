@@ -96,6 +96,15 @@ def aclient(stack: Stack):
 # ---- a second router, with API keys, in front of the same engines ---------------------------------
 
 TENANT_PREFIX = "/tenants"
+# Caps that keep each fuzzed generation to a few tokens of a short prompt: hundreds of cases in minutes.
+FUZZ_LIMITS = {
+    "max_tokens": 4,
+    "max_n": 2,
+    "max_messages": 8,
+    "max_prompt_tokens": 256,
+    "max_embedding_inputs": 8,
+    "max_embedding_input_chars": 2000,
+}
 TENANT_KEYS = {
     "acme": "sk-itest-acme",
     "globex": "sk-itest-globex",
@@ -111,7 +120,7 @@ def _sha(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def tenant_config(stack: Stack) -> dict:
+def tenant_config(stack: Stack, ledger: Path) -> dict:
     """The suite's stack config with keys: two tenants with their own collections and RAG alias, a key with a
     small budget, a tightly capped key for fuzzing, an admin. Its own application name and ledger."""
     import yaml
@@ -123,12 +132,12 @@ def tenant_config(stack: Stack) -> dict:
         {"name": "acme", "collections": ["acme_docs"], "models": [stack.model, "acme-support"]},
         {"name": "globex", "collections": ["globex_docs"]},
         {"name": "burst", "budget_usd": 0.03, "budget_period": "total"},
-        {"name": "fuzz", "limits": {"max_tokens": 4, "max_n": 2, "max_messages": 8}, "collections": ["*"]},
+        {"name": "fuzz", "limits": FUZZ_LIMITS, "collections": ["*"]},
         {"name": "admin", "admin": True},
     ]
     base["auth"] = {"keys": [{**k, "key_sha256": _sha(TENANT_KEYS[k["name"]])} for k in keys]}
     base["app_name"] = "tenants"
-    base["ledger"] = {"url": f"sqlite:///{Path(stack.env['LLM_SERVE_HOME']) / 'tenants-ledger.sqlite'}"}
+    base["ledger"] = {"url": f"sqlite:///{ledger}"}  # fresh each session: budgets start unspent
     base["rag"]["aliases"] = [
         {"id": "acme-support", "model": stack.model, "collection": "acme_docs", "filter": 'source like "%warranty%"'}
     ]
@@ -140,6 +149,7 @@ def tenant_config(stack: Stack) -> dict:
 class Tenants:
     url: str
     model: str
+    ledger: Path
 
     @property
     def base_url(self) -> str:
@@ -158,8 +168,9 @@ def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Tenants:
 
     import yaml
 
-    config_file = tmp_path_factory.mktemp("tenants") / "tenants.yaml"
-    config_file.write_text(yaml.safe_dump(tenant_config(stack)))
+    workdir = tmp_path_factory.mktemp("tenants")
+    config_file, ledger = workdir / "tenants.yaml", workdir / "tenants-ledger.sqlite"
+    config_file.write_text(yaml.safe_dump(tenant_config(stack, ledger)))
     stack_config = stack.config
     code = (
         "import ray; from ray import serve; from llm_serve.config import load_config; "
@@ -184,4 +195,4 @@ def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Tenants:
     for collection, source in (("acme_docs", "warranty-and-billing.md"), ("globex_docs", "troubleshooting.md")):
         out = stack.cli("ingest", str(ROOT / "data" / "manual" / source), "--collection", collection, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr
-    return Tenants(url=url, model=stack.model)
+    return Tenants(url=url, model=stack.model, ledger=ledger)

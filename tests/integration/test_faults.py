@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,11 @@ def request_ids(tenants, key: str) -> set[str]:
     return {r["request_id"] for r in resp.json()["data"]} if resp.status_code == 200 else set()
 
 
-def test_a_locked_ledger_database_delays_rows_and_serving_goes_on(stack, tenants) -> None:
-    ledger = Path(stack.env["LLM_SERVE_HOME"]) / "tenants-ledger.sqlite"
-    lock = sqlite3.connect(ledger, timeout=30, isolation_level=None)
+def test_a_locked_ledger_database_delays_rows_and_serving_goes_on(tenants) -> None:
+    lock = sqlite3.connect(tenants.ledger, timeout=30, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
-    ids = [f"itest-locked-{i}" for i in range(4)]
+    run = uuid.uuid4().hex[:8]  # the test home (and its ledger) outlives runs: ids of this run only
+    ids = [f"itest-locked-{run}-{i}" for i in range(4)]
     try:
         for request_id in ids:
             started = time.monotonic()
@@ -77,7 +78,8 @@ def test_killing_the_state_actor_loses_no_row_and_keeps_the_budget(stack, tenant
 
     before = spent()
     os.kill(replica_pid(stack, "tenants", "router-state"), signal.SIGKILL)
-    ids = [f"itest-state-killed-{i}" for i in range(6)]
+    run = uuid.uuid4().hex[:8]
+    ids = [f"itest-state-killed-{run}-{i}" for i in range(6)]
     for request_id in ids:
         resp = httpx.post(
             f"{tenants.base_url}/chat/completions",
