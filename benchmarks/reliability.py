@@ -192,16 +192,19 @@ async def burst(url: str, model: str, n: int) -> dict[str, Any]:
     return {"answered": sum(r.status_code == 200 for r in responses), "spent_usd": spent, "budget_usd": BUDGET_USD}
 
 
-def engine_generated_tokens(metrics_port: int) -> float:
-    """vLLM's own count of tokens generated, summed over the engine's series on Ray's metrics endpoint."""
+def engine_generated_tokens(metrics_port: int) -> tuple[float, list[str]]:
+    """vLLM's own count of tokens generated, summed over the engine's series on Ray's metrics endpoint,
+    and the series names it was read from (so a renamed metric shows as an empty list, not as zero)."""
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text
-    total = 0.0
+    total, names = 0.0, set()
     for line in text.splitlines():
         if line.startswith("#") or "generation_tokens" not in line or "_created" in line:
             continue
-        if re.match(r"^[^{ ]*generation_tokens(_total)?[{ ]", line):
+        match = re.match(r"^([^{ ]*generation_tokens(_total)?)[{ ]", line)
+        if match:
             total += float(line.rsplit(" ", 1)[1])
-    return total
+            names.add(match.group(1))
+    return total, sorted(names)
 
 
 def leave_early(url: str, model: str, tag: str) -> set[str]:
@@ -249,11 +252,11 @@ def leave_early(url: str, model: str, tag: str) -> set[str]:
 
 
 def unpriced(url: str, model: str, metrics_port: int) -> dict[str, Any]:
-    before = engine_generated_tokens(metrics_port)
+    before, _ = engine_generated_tokens(metrics_port)
     ids = leave_early(url, model, "unpriced")
     found = settled(url, ids)
     time.sleep(15)  # Ray's metrics agent exports every few seconds
-    after = engine_generated_tokens(metrics_port)
+    after, series = engine_generated_tokens(metrics_port)
     rows = [r for r in ledger_rows(url) if r["request_id"] in ids]
     owners = [r for r in rows if r["cache"] not in ("hit", "semantic_hit", "coalesced")]
     billed = sum(r["completion_tokens"] for r in owners)
@@ -264,6 +267,7 @@ def unpriced(url: str, model: str, metrics_port: int) -> dict[str, Any]:
         "requests": len(ids),
         "rows": len(found),
         "statuses": sorted({r["status"] for r in rows}),
+        "engine_series": series,
     }
 
 

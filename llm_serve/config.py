@@ -486,6 +486,10 @@ class ExactCacheConfig(Strict):
     enabled: bool = Field(True, description="Look up and fill the exact cache.")
     ttl_s: float = Field(3600.0, gt=0, description="Seconds an answer stays valid.")
     max_entries: int = Field(10_000, ge=1, description="Entries kept; the least recently used go first.")
+    max_entry_bytes: int = Field(65_536, ge=1, description="Answers longer than this (as JSON) are not stored.")
+    max_total_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Bytes all entries may take together; the least recently used go first."
+    )
     deterministic_only: bool = Field(
         True, description="Cache only requests whose answer is reproducible (temperature 0 or a seed)."
     )

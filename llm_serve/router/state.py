@@ -43,7 +43,7 @@ class RouterState:
     def __init__(self, config: dict[str, Any] | Config) -> None:
         self.config = config if isinstance(config, Config) else Config.model_validate(config)
         exact = self.config.cache.exact
-        self.cache = ExactCache(exact.max_entries, exact.ttl_s)
+        self.cache = ExactCache(exact.max_entries, exact.ttl_s, exact.max_total_bytes)
         ledger = self.config.ledger
         self.ledger = Ledger(ledger.url or default_url(self.config.home_path)) if ledger.enabled else None
         self.writer = LedgerWriter(self.ledger, spool_path(self.config)) if self.ledger is not None else None
@@ -143,8 +143,8 @@ class RouterState:
     async def cache_get(self, key: str) -> Any | None:
         return self.cache.get(key)
 
-    async def cache_put(self, key: str, value: Any) -> None:
-        self.cache.put(key, value)
+    async def cache_put(self, key: str, value: Any, size: int = 0) -> None:
+        self.cache.put(key, value, size)
 
     async def cache_stats(self) -> dict[str, int]:
         return self.cache.stats()
@@ -195,8 +195,8 @@ class StateClient:
     async def cache_get(self, key: str) -> Any | None:
         return await self._call("cache_get", key)
 
-    async def cache_put(self, key: str, value: Any) -> None:
-        await self._call("cache_put", key, value)
+    async def cache_put(self, key: str, value: Any, size: int) -> None:
+        await self._call("cache_put", key, value, size)
 
     async def cache_stats(self) -> dict[str, int]:
         return await self._call("cache_stats")

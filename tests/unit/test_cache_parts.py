@@ -156,3 +156,27 @@ async def test_semantic_cache_hits_rephrasings_only_within_scope(lite: str) -> N
     near_miss = await cache.lookup("scope-a", "How do I reset my router?")
     assert near_miss.hit is None and near_miss.best_similarity > 0.9, "close vector, other question: no hit"
     assert (await cache.lookup("scope-a", "Where is my order?")).hit is None
+
+
+def test_the_exact_cache_is_bounded_in_bytes_too() -> None:
+    from llm_serve.router.exact_cache import ExactCache
+
+    cache = ExactCache(max_entries=100, ttl_s=60, max_bytes=1000)
+    for i in range(10):
+        cache.put(f"k{i}", {"n": i}, size=300)
+    assert cache.bytes <= 1000 and len(cache) == 3, "the least recently used went first"
+    assert cache.get("k9") == {"n": 9} and cache.get("k0") is None
+    cache.put("k9", {"n": "again"}, size=100)
+    assert cache.bytes == 700 and cache.stats()["bytes"] == 700, "replacing an entry counts it once"
+
+
+async def test_an_answer_over_the_entry_limit_is_not_stored() -> None:
+    from tests.unit.fakes import GREEDY, build, chat
+
+    client, engines, state = build({"cache": {"exact": {"max_entry_bytes": 50}}})
+    async with client:
+        for _ in range(2):
+            assert (await client.post("/v1/chat/completions", json=chat(**GREEDY))).headers[
+                "x-llm-serve-cache"
+            ] == "miss"
+    assert state.cache.stats()["entries"] == 0 and len(engines["model-a"].calls) == 2

@@ -9,6 +9,7 @@ after an engine answered in full (`fill`, called by the respond stage).
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from typing import Any
 
@@ -110,9 +111,12 @@ class Cache:
         if not all(c.get("finish_reason") in COMPLETE_FINISH_REASONS for c in payload.get("choices", [])):
             return
         payload = {k: v for k, v in payload.items() if k not in REQUEST_ONLY_FIELDS}
+        size = len(json.dumps(payload, separators=(",", ":")))
+        if size > self.config.cache.exact.max_entry_bytes:
+            return  # too big to keep: a few such answers would crowd out thousands of ordinary ones
         try:
             if lookup.exact_key is not None:
-                await self.state.cache_put(lookup.exact_key, payload)
+                await self.state.cache_put(lookup.exact_key, payload, size)
             if self.semantic is not None and lookup.scope is not None and lookup.question is not None:
                 await self.semantic.store(lookup.scope, lookup.question, lookup.vector, payload)
         except Exception as exc:  # an answer already made is still delivered
