@@ -496,24 +496,31 @@ class ExactCacheConfig(Strict):
 
 
 class SemanticCacheConfig(Strict):
-    """Answers reused for rephrased questions: embedding neighbours, confirmed by a lexical check."""
+    """Answers reused for rephrased questions: embedding neighbours, confirmed by a verifier."""
 
     enabled: bool = Field(False, description="Needs an embedding model and Milvus.")
     embedding_model: str = Field("all-minilm-l6-v2", description="Embedding model (an embedding_models id).")
     collection: str = Field("llm_serve_semantic_cache", description="Milvus collection (partitioned by scope).")
     threshold: float = Field(
-        0.83,
+        0.6,
         gt=0,
         le=1,
-        description="Lowest cosine similarity that can be a hit (candidates then need the lexical check). "
-        "Measured on 171 labelled pairs (benchmarks/semantic_precision.py): with the check, precision is 1.0 "
-        "at any threshold and 0.83 is the highest that keeps every paraphrase the check accepts (hit rate "
-        "0.71); cosine alone never passed 0.68 precision.",
+        description="Cosine floor: neighbours below it are never served; those above it still need the verifier. "
+        "The shipped verifier was fitted on candidates at or above 0.6 (benchmarks/train_semantic_verifier.py).",
     )
-    lexical_check: bool = Field(
-        True,
-        description="Require equal content terms and numbers, not just nearby vectors: cosine alone scored "
-        "'refund after 30 days' vs 'within 30 days' at 0.98 (precision never above 0.6).",
+    verifier: Literal["learned", "lexical", "none"] = Field(
+        "learned",
+        description="How a candidate is confirmed: 'learned' (question frames weighed by the shipped logistic "
+        "model, llm_serve/router/semantic_verifier.py), 'lexical' (the older word-for-word guard, "
+        "semantic_match.py: precise on its own data, rarely hits on natural paraphrases) or 'none' (cosine alone: "
+        "precision below 0.7 measured; never in production).",
+    )
+    verifier_threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Lowest verifier score served; None: the shipped model's, chosen on the tuning split for "
+        "precision 0.99. `llm-serve cache calibrate --pairs FILE` prints one for a deployment's own pairs.",
     )
     synonyms: list[list[str]] = Field(
         default_factory=list, description="Word groups the lexical check treats as one term (e.g. phone/telephone)."

@@ -7,6 +7,7 @@ prompts list|show|diff|lock  the prompt registry (prompts.py)
 train, adapters list       fine-tuning jobs and their adapters (train.py)
 eval                       ragas evaluation of an endpoint (eval.py)
 keys create, usage         API keys and spend (keys.py)
+cache calibrate            the semantic cache's verifier threshold (cache.py)
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from llm_serve.cli import cache, ingest, keys, models, prompts, stack, train
 from llm_serve.cli import eval as eval_cmd
-from llm_serve.cli import ingest, keys, models, prompts, stack, train
 from llm_serve.cli.common import say
 from llm_serve.config import CONFIG_ENV, ConfigError
 
-GROUPS = (stack, models, ingest, prompts, train, eval_cmd, keys)
+GROUPS = (stack, models, ingest, prompts, train, eval_cmd, keys, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,8 +3,9 @@
 A candidate must (1) live in the same scope: one Milvus partition per hash of everything but the
 question (tenant, model, adapter, prompt version, system prompt, earlier turns, sampling parameters),
 so a search can only ever see answers given under identical conditions; (2) be at or above the
-cosine threshold; and (3) pass the lexical check in semantic_match.py, because embeddings put
-"refund after 30 days" and "refund within 30 days" at 0.98. The scope is a partition key of one
+cosine floor; and (3) pass the verifier (semantic_verifier.py: question frames weighed by a model
+fitted on labelled pairs), because embeddings put "refund after 30 days" and "refund within 30 days"
+at 0.98 and "was I charged" next to "will I be charged". The scope is a partition key of one
 collection rather than a collection per scope: Milvus caps collections in the thousands, while
 scopes grow with tenants x prompts x parameters. Cache trouble (Milvus down, an over-long question)
 is logged and served as a miss, never as a failed request.
@@ -23,6 +24,7 @@ from typing import Any
 from llm_serve.config import MilvusConfig, SemanticCacheConfig
 from llm_serve.rag.embedder import embed_remote
 from llm_serve.router.semantic_match import same_question
+from llm_serve.router.semantic_verifier import Verifier
 
 logger = logging.getLogger("llm_serve.router")
 
@@ -55,6 +57,15 @@ class SemanticCache:
         self.embedder = embedder
         self._client: Any = None
         self._ready = False
+        self.verifier = Verifier(threshold=config.verifier_threshold) if config.verifier == "learned" else None
+
+    def confirms(self, question: str, candidate: str, similarity: float) -> bool:
+        """The second check on a neighbour above the floor; why it exists is in the module docstring."""
+        if self.verifier is not None:
+            return self.verifier.accepts(question, candidate, similarity, self.config.synonyms)
+        if self.config.verifier == "lexical":
+            return same_question(question, candidate, self.config.synonyms)
+        return True
 
     @property
     def client(self) -> Any:
@@ -112,7 +123,7 @@ class SemanticCache:
         for similarity, entity in rows:
             if similarity < self.config.threshold:
                 break
-            if self.config.lexical_check and not same_question(question, entity["question"], self.config.synonyms):
+            if not self.confirms(question, entity["question"], similarity):
                 continue
             try:
                 payload = json.loads(entity["answer"])

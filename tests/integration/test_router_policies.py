@@ -75,7 +75,7 @@ def test_semantic_cache_serves_rephrasings_not_near_misses(stack, client) -> Non
         **chat(stack, f"how can i clean the filter of purifier {NONCE}", max_tokens=32)
     )
     assert rephrased.headers["x-llm-serve-cache"] == "semantic_hit"
-    assert float(rephrased.headers["x-llm-serve-cache-similarity"]) >= 0.83
+    assert float(rephrased.headers["x-llm-serve-cache-similarity"]) >= stack.config.cache.semantic.threshold
     assert rephrased.parse().choices[0].message.content == answer
 
     near_miss = client.chat.completions.with_raw_response.create(
