@@ -15,6 +15,7 @@ from starlette.requests import Request
 from llm_serve.config import Config, is_loopback
 from llm_serve.router.auth import Caller, KeyRing
 from llm_serve.router.coalesce import Coalescer
+from llm_serve.router.context import REQUEST_ID
 from llm_serve.router.errors import OpenAIError
 from llm_serve.router.state import StateClient
 
@@ -57,13 +58,19 @@ class AdminRoutes:
         return await self.state.usage(period, request.query_params.get("key"))
 
     async def requests(self, request: Request) -> dict[str, Any]:
-        """The latest ledger rows (newest first)."""
+        """The latest ledger rows (newest first); `key` and `request_id` narrow them (the id a caller got back
+        in x-request-id finds its row however many came after it)."""
         self._admin(request)
         try:
             limit = min(MAX_ROWS, max(1, int(request.query_params.get("limit", "100"))))
         except ValueError:
             raise OpenAIError(400, "limit must be an integer", code="invalid_value", param="limit") from None
-        rows = await self.state.recent(limit, request.query_params.get("key"))
+        request_id = request.query_params.get("request_id")
+        if request_id is not None and not REQUEST_ID.match(request_id):
+            raise OpenAIError(
+                400, "request_id must be 1-64 of A-Z a-z 0-9 . _ : -", code="invalid_value", param="request_id"
+            )
+        rows = await self.state.recent(limit, request.query_params.get("key"), request_id)
         return {"object": "list", "data": rows}
 
     async def cache(self, request: Request) -> dict[str, Any]:

@@ -179,10 +179,14 @@ class Ledger:
         with self.engine.connect() as conn:
             return [{**row._asdict(), "cost_usd": round(float(row.cost_usd or 0.0), 9)} for row in conn.execute(query)]
 
-    def rows(self, limit: int = 100, key_name: str | None = None) -> list[dict[str, Any]]:
+    def rows(
+        self, limit: int = 100, key_name: str | None = None, request_id: str | None = None
+    ) -> list[dict[str, Any]]:
         query = sa.select(REQUESTS).order_by(REQUESTS.c.id.desc()).limit(limit)
         if key_name is not None:
             query = query.where(REQUESTS.c.key_name == key_name)
+        if request_id is not None:
+            query = query.where(REQUESTS.c.request_id == request_id)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 

@@ -129,8 +129,10 @@ class RouterState:
         rows = await self._read(lambda: self.ledger.usage(start, key_name=key_name)) if self.ledger else []
         return {"object": "usage", "period": period, "since": start, "data": rows}
 
-    async def recent(self, limit: int = 100, key_name: str | None = None) -> list[dict[str, Any]]:
-        return await self._read(self.ledger.rows, limit, key_name) if self.ledger else []
+    async def recent(
+        self, limit: int = 100, key_name: str | None = None, request_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self._read(self.ledger.rows, limit, key_name, request_id) if self.ledger else []
 
     async def ledger_status(self) -> dict[str, Any]:
         """What the writer holds back: rows waiting for the database, and failed attempts so far."""
@@ -189,8 +191,10 @@ class StateClient:
     async def usage(self, period: Period, key_name: str | None = None) -> dict[str, Any]:
         return await self._call("usage", period, key_name)
 
-    async def recent(self, limit: int, key_name: str | None = None) -> list[dict[str, Any]]:
-        return await self._call("recent", limit, key_name)
+    async def recent(
+        self, limit: int, key_name: str | None = None, request_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await self._call("recent", limit, key_name, request_id)
 
     async def cache_get(self, key: str) -> Any | None:
         return await self._call("cache_get", key)
