@@ -125,3 +125,19 @@ async def test_a_flight_nobody_reads_is_aborted_unless_it_must_finish_to_be_pric
     whole = coalescer.start(engine_call, stream=False)  # a non-streamed call runs on to be priced
     whole.subscribe().cancel()
     assert await whole.wait(3.0) and whole.usage["completion_tokens"] == 99
+
+
+async def test_one_ledger_row_is_found_by_its_request_id_however_many_came_after() -> None:
+    client, _, state = build()
+    async with client:
+        first = await client.post("/v1/chat/completions", json=chat(A), headers={"x-request-id": "look-me-up"})
+        assert first.status_code == 200
+        for _ in range(3):
+            await client.post("/v1/chat/completions", json=chat(A, max_tokens=3))
+        await rows_when(state, lambda rows: len(rows) >= 4)
+        latest = (await client.get("/admin/requests", params={"limit": 1})).json()["data"]
+        assert [r["request_id"] for r in latest] != ["look-me-up"]
+        found = (await client.get("/admin/requests", params={"request_id": "look-me-up"})).json()["data"]
+        assert [r["request_id"] for r in found] == ["look-me-up"]
+        bad = await client.get("/admin/requests", params={"request_id": "no spaces allowed"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "request_id"
