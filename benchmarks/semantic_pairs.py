@@ -57,22 +57,14 @@ def split(include_legacy: bool = True) -> dict[str, list[dict[str, Any]]]:
 
 
 def cosines(pairs: list[dict[str, Any]], source: str | None = None) -> np.ndarray:
-    """Cosine per pair with the embedder's model in process; every distinct question encoded once."""
+    """Cosine per pair with the embedder's model in process (the same code `llm-serve cache calibrate` runs)."""
     sys.path.insert(0, str(ROOT))
-    from sentence_transformers import SentenceTransformer
-
     from llm_serve.config import EmbedderConfig
-    from llm_serve.models.resolve import resolve_embedding_source
+    from llm_serve.router.semantic_calibration import cosines as pair_cosines
 
     source = source or EmbedderConfig().source
-    texts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
-    print(f"encoding {len(texts)} distinct questions with {source}", flush=True)
-    model = SentenceTransformer(resolve_embedding_source(source), device="cpu")
-    vectors = model.encode(
-        texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=True
-    )
-    index = {text: i for i, text in enumerate(texts)}
-    return np.array([float(vectors[index[p["a"]]] @ vectors[index[p["b"]]]) for p in pairs])
+    print(f"encoding the questions of {len(pairs)} pairs with {source}", flush=True)
+    return np.array(pair_cosines(pairs, source))
 
 
 def wilson(successes: int, total: int) -> tuple[float, float] | None:
