@@ -15,6 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OPENAI_ERROR_FIELDS = frozenset({"message", "type", "param", "code"})
+# The fuzzing key's caps (its `limits`): each generated case is a short prompt and a few tokens, so
+# hundreds of cases take minutes on a CPU. The integration test and the reliability bench both use them.
+FUZZ_LIMITS = {
+    "max_tokens": 4,
+    "max_n": 2,
+    "max_messages": 8,
+    "max_prompt_tokens": 256,
+    "max_embedding_inputs": 8,
+    "max_embedding_input_chars": 2000,
+}
 
 
 @dataclass

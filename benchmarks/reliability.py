@@ -48,7 +48,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.fuzz import fuzz_endpoint
+from benchmarks.fuzz import FUZZ_LIMITS, fuzz_endpoint
 from benchmarks.report import RESULTS, machine, metric, percentile, write_report
 from benchmarks.servers import bench_env
 from benchmarks.stack import BenchStack
@@ -61,15 +61,6 @@ DETAILS = RESULTS / "raw" / "reliability-details.json"
 KEYS = {k: f"sk-bench-{k}" for k in ("acme", "globex", "burst", "fuzz", "admin")}
 SECRETS = {"acme": "ACME-MARKER-7341", "globex": "GLOBEX-MARKER-9926"}
 BUDGET_USD = 0.03
-# The fuzzing key's caps: each generated case is a short prompt and a few tokens, so hundreds of cases fit.
-FUZZ_LIMITS = {
-    "max_tokens": 4,
-    "max_n": 2,
-    "max_messages": 8,
-    "max_prompt_tokens": 256,
-    "max_embedding_inputs": 8,
-    "max_embedding_input_chars": 2000,
-}
 PRICE = {"input_per_1m": 100.0, "output_per_1m": 200.0}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.fuzz import FUZZ_LIMITS
 from llm_serve.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,15 +97,6 @@ def aclient(stack: Stack):
 # ---- a second router, with API keys, in front of the same engines ---------------------------------
 
 TENANT_PREFIX = "/tenants"
-# Caps that keep each fuzzed generation to a few tokens of a short prompt: hundreds of cases in minutes.
-FUZZ_LIMITS = {
-    "max_tokens": 4,
-    "max_n": 2,
-    "max_messages": 8,
-    "max_prompt_tokens": 256,
-    "max_embedding_inputs": 8,
-    "max_embedding_input_chars": 2000,
-}
 TENANT_KEYS = {
     "acme": "sk-itest-acme",
     "globex": "sk-itest-globex",

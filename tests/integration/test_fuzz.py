@@ -2,7 +2,7 @@
 
 The cases come from the tenant router's /openapi.json (valid bodies and, in the negative mode, bodies
 that break the schema on purpose), sent over HTTP with a key whose caps keep each generation to a few
-tokens of a short prompt (conftest FUZZ_LIMITS), so the run takes minutes on a CPU (benchmarks/fuzz.py).
+tokens of a short prompt (FUZZ_LIMITS in benchmarks/fuzz.py), so the run takes minutes on a CPU (benchmarks/fuzz.py).
 """
 
 from __future__ import annotations
