@@ -65,8 +65,6 @@ CALENDAR = frozenset(
 _FRAMING_VERBS = frozenset(words("tell help show explain let give walk guide remind advise"))
 _REQUEST_AUX = frozenset(words("can could would will"))
 _BE_GET = frozenset(words("is are am be being been get gets getting got"))
-# Words the frame takes apart itself, so they are not filler for it even where textnorm.FILLER_WORDS lists them.
-_NOT_FILLER = frozenset(PERSON) | PAST_AUX | PERFECT_AUX | SCOPE | {"will", "shall", "to", "into", "on", "in"}
 _FILLER = (FILLER_WORDS | frozenset(words("get got gets getting"))) - MEANINGFUL_WORDS
 _ARTICLES = frozenset(words("a an the this that these those"))
 # How people type in a chat box: contractions without the apostrophe and texting shorthand, folded before
@@ -104,7 +102,6 @@ class Frame:
 
     lemmas: tuple[str, ...]
     surface: tuple[str, ...]
-    words: frozenset[str]
     sequence: tuple[str, ...]
     tokens: tuple[str, ...]
     compact: str
@@ -297,7 +294,6 @@ def _frame(text: str, synonyms: tuple[tuple[str, str], ...]) -> Frame:
     return Frame(
         lemmas=tuple(lemmas),
         surface=tuple(surface),
-        words=frozenset(raw),
         sequence=tuple(_SEQUENCE_FOLD.get(w, lemma(w)) for w in kept),
         tokens=tuple(kept),
         compact=re.sub(r"[^a-z0-9]", "", unicodedata.normalize("NFKC", text).lower()),
