@@ -56,6 +56,7 @@ class StreamRelay:
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None
         self.timed_out = False
+        self.engine_done = False  # the engine's own [DONE] arrived: the stream was not cut short upstream
         self.content_events = 0  # events relayed: the output-token estimate when no usage arrives
         self.finish_reasons: list[str] = []  # for the trace (gen_ai.response.finish_reasons)
         self._track_finish = track_finish  # a regex per event: only when a trace will show the reasons
@@ -120,6 +121,7 @@ class StreamRelay:
             if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)
             elif event.startswith(DONE_EVENT[:12]):
+                self.engine_done = True
                 continue
             if event:
                 out.append(event)

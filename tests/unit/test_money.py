@@ -43,6 +43,7 @@ class Slow(Engine):
             if running:
                 chunk["usage"] = {"prompt_tokens": 9, "completion_tokens": i, "total_tokens": 9 + i}
             yield [sse(chunk)]
+        yield ["data: [DONE]\n\n"]  # vLLM ends every stream it finished with [DONE]
 
 
 async def test_a_client_that_leaves_a_non_streamed_request_is_billed_for_the_answer() -> None:
@@ -69,6 +70,48 @@ async def test_a_stream_cut_short_is_priced_from_the_running_usage_which_the_cli
     row = rows[0]
     assert row["status"] == 499 and row["prompt_tokens"] == 9 and 5 <= row["completion_tokens"] < 49
     assert "estimated" not in (row["error"] or ""), "the engine's own count, not an estimate"
+
+
+class CancelledUpstream(Engine):
+    """Streams three chunks with running usage, then ends cleanly without [DONE] once `cut` is set: what
+    the router sees when Serve cancels the engine call of a request whose client left."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.sent, self.cut = asyncio.Event(), asyncio.Event()
+
+    async def _results(self, body: Any) -> AsyncIterator[Any]:
+        head = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": self.model}
+        for i in range(1, 4):
+            usage = {"prompt_tokens": 9, "completion_tokens": i, "total_tokens": 9 + i}
+            yield [sse({**head, "choices": [{"index": 0, "delta": {"content": f"w{i} "}}], "usage": usage})]
+        self.sent.set()
+        await self.cut.wait()
+
+
+async def test_a_stream_whose_engine_call_serve_cancels_first_keeps_its_row_when_the_request_is_cancelled_too() -> None:
+    """Serve cancels a request and its engine call from another thread: the engine's stream can end first,
+    and the request's own cancellation then lands while it settles. The row must still be written."""
+    engine = CancelledUpstream(A)
+    app, _, state = build_app(engines={A: engine, B: Engine(B)})
+    record = state.record
+
+    async def slow_record(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.3)  # the state actor is a remote call: cancellation can land inside it
+        await record(*args, **kwargs)
+
+    state.record = slow_record  # type: ignore[method-assign]
+    request = asyncio.ensure_future(post_and_leave(app, "/v1/chat/completions", chat(stream=True), after_chunks=100))
+    await asyncio.wait_for(engine.sent.wait(), 5)
+    engine.cut.set()  # the engine call ends first ...
+    await asyncio.sleep(0.1)
+    for _ in range(3):  # ... then the request is cancelled, again at each await, as anyio does
+        request.cancel()
+        await asyncio.sleep(0.05)
+    rows = await rows_when(state, lambda rows: rows)
+    assert rows, "the row of a stream cancelled while settling was lost"
+    row = rows[0]
+    assert row["status"] == 499 and row["completion_tokens"] == 3 and row["cost_usd"] > 0, row
 
 
 async def test_the_client_can_ask_for_running_usage_itself() -> None:

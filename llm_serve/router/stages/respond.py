@@ -10,7 +10,6 @@ never started.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,7 @@ from llm_serve.router.observe import Observer
 from llm_serve.router.relay import StreamRelay
 from llm_serve.router.replay import assemble
 from llm_serve.router.stages.cache import Cache
-from llm_serve.router.stages.settle import SHARED_ANSWERS, Settler, price, price_usage
+from llm_serve.router.stages.settle import SHARED_ANSWERS, Settler, held, price, price_usage
 from llm_serve.sse import DONE_EVENT, sse
 from llm_serve.telemetry import genai, tracing
 
@@ -95,7 +94,13 @@ class Respond:
         )
 
     async def _relay(self, relay: StreamRelay, ctx: RequestContext, lookup: CacheLookup | None) -> AsyncIterator[str]:
-        """Relay the engine's events; the request is settled before the final [DONE] goes out."""
+        """Relay the engine's events; the request is settled before the final [DONE] goes out.
+
+        Every settlement here is `held`: when the client leaves, Serve cancels this request and its
+        engine call from another thread, so the engine's stream can end (or fail) before the
+        cancellation reaches this generator, which is then cancelled while it settles. Unheld, that
+        cancellation dropped the ledger row of a stream the client abandoned.
+        """
         completed = False
         try:
             async for text in relay:
@@ -108,7 +113,7 @@ class Respond:
             ctx.finish(500, type(exc).__name__)
             err = OpenAIError(500, f"the stream failed ({type(exc).__name__})", code="engine_error")
             self._price_stream(relay, ctx)
-            await self.settle(ctx)
+            await held(self.settle(ctx))
             yield sse(err.body()) + DONE_EVENT
             return
         finally:
@@ -118,9 +123,17 @@ class Respond:
                 if not ctx.finished:
                     ctx.finish(499, "client disconnected")
                 self._price_stream(relay, ctx)
-                await asyncio.shield(self.settle(ctx))
+                await held(self.settle(ctx))
         if relay.timed_out:
             cancel_call(relay.upstream)
+        if not relay.error and not relay.engine_done:
+            # The engine's stream stopped cleanly without its [DONE]: Serve cancelled the engine call
+            # because this request was cancelled (its client left). An engine that dies fails the
+            # call instead. Settled as the client's leaving, whichever cancellation arrived first.
+            ctx.finish(499, "client disconnected (the engine call was cancelled)", "client_disconnected")
+            self._price_stream(relay, ctx)
+            await held(self.settle(ctx))
+            return
         status = (504 if relay.timed_out else 500) if relay.error else 200
         ctx.finish(status, relay.error, ("timeout" if relay.timed_out else "engine_error") if relay.error else None)
         self._price_stream(relay, ctx)
@@ -132,7 +145,7 @@ class Respond:
                 ctx.span.set_attribute(genai.RESPONSE_ID, relay.response_id)
             if assembled is not None:
                 self.observer.response(ctx, assembled)
-        await self.settle(ctx)
+        await held(self.settle(ctx))
         if lookup is not None and assembled is not None:
             await self.cache.fill(lookup, assembled)
         yield DONE_EVENT
@@ -169,6 +182,9 @@ class SettledStreamingResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            with contextlib.suppress(Exception):
-                await self.body_iterator.aclose()  # type: ignore[union-attr]
-            await asyncio.shield(self._settle())
+            await held(self._close_and_settle())
+
+    async def _close_and_settle(self) -> None:
+        with contextlib.suppress(Exception):  # a generator still running elsewhere ends by itself
+            await self.body_iterator.aclose()  # type: ignore[union-attr]
+        await self._settle()

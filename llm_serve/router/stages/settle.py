@@ -36,6 +36,8 @@ logger = logging.getLogger("llm_serve.router")
 FLIGHT_CANCEL_WAIT_S = 5.0
 # Answers served from another request's engine call: priced by `cache.hit_billing`.
 SHARED_ANSWERS = ("hit", "semantic_hit", "coalesced")
+# Settlements in progress, referenced until they end (asyncio keeps only weak references to tasks).
+_SETTLING: set[asyncio.Task[None]] = set()
 
 
 def price(config: Config, ctx: RequestContext, *, hit: bool) -> float:
@@ -105,8 +107,11 @@ class Settler:
             self.spool.start()
         row = ctx.row
         row.ts = time.time()
-        self.observer.end(ctx)
-        ctx.log()
+        try:  # the span, metrics and log line are worth less than the row: they never stop its write
+            self.observer.end(ctx)
+            ctx.log()
+        except Exception:
+            logger.exception("request %s: closing its span and metrics failed", row.request_id)
         if not row.model and 400 <= row.status < 499:
             return  # refused before naming a model: not worth a ledger row
         try:
@@ -114,6 +119,16 @@ class Settler:
         except Exception as exc:  # kept and offered again: a row is never dropped
             logger.warning("request %s: the ledger row waits in the router's spool (%s)", row.request_id, exc)
             self.spool.add(row, ctx.reservation)
+
+
+async def held(settlement: Awaitable[None]) -> None:
+    """Run a settlement in a task of its own, referenced until it ends: a cancelled caller (the client
+    left, and Serve or anyio cancel the request's task again at every await) can neither interrupt it
+    nor let it be collected half-way, which a bare `asyncio.shield` of a coroutine allows."""
+    task = asyncio.ensure_future(settlement)
+    _SETTLING.add(task)
+    task.add_done_callback(_SETTLING.discard)
+    await asyncio.shield(task)
 
 
 async def settled(
@@ -142,4 +157,4 @@ async def settled(
         raise
     finally:
         if not settles_itself:
-            await asyncio.shield(settle(ctx))
+            await held(settle(ctx))
