@@ -1,15 +1,16 @@
-"""Labelled question pairs for the semantic cache: loading, the fixed tuning / held-out split, cosines.
+"""Labelled question pairs for the semantic cache: loading, the tuning / held-out split, cosines.
 
-The split is by question group (every pair about one base question lands on the same side), so the
-held-out part asks about things the verifier never saw, not re-wordings of tuned questions. It is drawn
-once by hashing each group id with a fixed seed, before anything is tuned, and is stable when groups are
-added. The old 171 pairs (semantic_cache_pairs.jsonl), on which the lexical guard was built, are tuning
-data only.
+Held-out: benchmarks/data/semantic_cache_heldout/ (896 pairs, 112 base questions in 16 domains that the
+tuning data does not cover), written by four helper agents who saw none of the code and none of the other
+data, after the verifier had been designed, and scored once per verifier that ships. Tuning: everything
+else, i.e. benchmarks/data/semantic_cache_eval/ (896 pairs; it was once split in halves by group, and its
+held-out half was scored twice and its false hits read, so it is tuning data now) and the 171 older
+pairs (semantic_cache_pairs.jsonl) on which the lexical guard was built. A pair's group (one base
+question) never spans the two sides, since the two sets were written apart and their group ids differ.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -20,9 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "benchmarks" / "data"
 EVAL_DIR = DATA / "semantic_cache_eval"
+HELDOUT_DIR = DATA / "semantic_cache_heldout"
 LEGACY = DATA / "semantic_cache_pairs.jsonl"
-SPLIT_SEED = "semantic-cache-split-2026-12"
-HELDOUT_SHARE = 0.5
 SAME_KINDS = frozenset({"synonym", "reorder", "politeness", "typo", "question_word", "casual", "paraphrase"})
 
 
@@ -40,19 +40,17 @@ def load(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def side(group: str) -> str:
-    digest = hashlib.sha256(f"{SPLIT_SEED}:{group}".encode()).digest()
-    return "heldout" if int.from_bytes(digest[:8], "big") / 2**64 < HELDOUT_SHARE else "tuning"
-
-
 def split(include_legacy: bool = True) -> dict[str, list[dict[str, Any]]]:
-    """{"tuning": [...], "heldout": [...]}: the new set split by group; the legacy set is tuning only."""
+    """{"tuning": [...], "heldout": [...]}: the held-out directory, and everything else for tuning."""
     parts: dict[str, list[dict[str, Any]]] = {"tuning": [], "heldout": []}
-    for path in sorted(EVAL_DIR.glob("*.jsonl")):
-        for row in load(path):
-            parts[side(row["group"])].append(row)
+    for side, directory in (("tuning", EVAL_DIR), ("heldout", HELDOUT_DIR)):
+        for path in sorted(directory.glob("*.jsonl")):
+            parts[side].extend(load(path))
     if include_legacy:
         parts["tuning"].extend(load(LEGACY))
+    tuned, held = {p["group"] for p in parts["tuning"]}, {p["group"] for p in parts["heldout"]}
+    if tuned & held:
+        raise ValueError(f"groups on both sides: {sorted(tuned & held)[:5]}")
     return parts
 
 

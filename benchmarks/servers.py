@@ -24,6 +24,7 @@ from typing import Any
 from benchmarks.report import BENCH_CONFIG, RESULTS
 from llm_serve.config import Config, load_config, parse_config
 from llm_serve.deploy import wait_http_ready
+from llm_serve.engine.machine import choose_dtype
 from llm_serve.local_cluster import stop_tree
 
 READY_TIMEOUT_S = 900
@@ -81,7 +82,7 @@ class VllmServer:
             "--port",
             str(VLLM_PORT),
             "--dtype",
-            engine.dtype,
+            choose_dtype(engine.dtype, engine.accelerator)[0],  # the same dtype llm-serve's engine gets
             "--max-model-len",
             str(engine.max_model_len),
             "--max-num-seqs",

@@ -157,7 +157,10 @@ class EngineConfig(Strict):
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica for tensor parallelism.")
     pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages per replica.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Weight and activation dtype."
+        "auto",
+        description="Weight and activation dtype. 'auto' on CPU: bfloat16 where the CPU has native bf16 "
+        "(avx512_bf16, AMX), else float32 (bf16 is emulated there: 4.2x slower measured); on GPU: vLLM's "
+        "choice. `llm-serve up` prints what it chose and why (llm_serve/engine/machine.py).",
     )
     max_model_len: int = Field(2048, ge=16, description="Context length (prompt + completion) in tokens.")
     max_num_seqs: int = Field(64, ge=1, description="Sequences batched together per engine step.")
@@ -506,20 +509,21 @@ class SemanticCacheConfig(Strict):
         gt=0,
         le=1,
         description="Cosine floor: neighbours below it are never served; those above it still need the verifier. "
-        "The shipped verifier was fitted on candidates at or above 0.6 (benchmarks/train_semantic_verifier.py).",
+        "The shipped thresholds were chosen on candidates at or above 0.6.",
     )
-    verifier: Literal["learned", "lexical", "none"] = Field(
-        "learned",
-        description="How a candidate is confirmed: 'learned' (question frames weighed by the shipped logistic "
-        "model, llm_serve/router/semantic_verifier.py), 'lexical' (the older word-for-word guard, "
-        "semantic_match.py: precise on its own data, rarely hits on natural paraphrases) or 'none' (cosine alone: "
-        "precision below 0.7 measured; never in production).",
+    verifier: Literal["cross_encoder", "learned", "lexical", "none"] = Field(
+        "cross_encoder",
+        description="How a candidate is confirmed: 'cross_encoder' (both questions read together by the shipped "
+        "LoRA adapter on the bundled MiniLM, llm_serve/router/pair_classifier.py; about 10 ms a candidate), "
+        "'learned' (question frames weighed by a logistic model, semantic_verifier.py), 'lexical' (the older "
+        "word-for-word guard, semantic_match.py: rarely hits on natural paraphrases) or 'none' (cosine alone: "
+        "precision below 0.75 measured; never in production). Held-out figures: docs/benchmarks.md.",
     )
     verifier_threshold: float | None = Field(
         None,
         ge=0,
         le=1,
-        description="Lowest verifier score served; None: the shipped model's, chosen on the tuning split for "
+        description="Lowest verifier score served; None: the shipped verifier's, chosen on the tuning split for "
         "precision 0.99. `llm-serve cache calibrate --pairs FILE` prints one for a deployment's own pairs.",
     )
     synonyms: list[list[str]] = Field(

@@ -10,7 +10,6 @@ from llm_serve.cli.common import accept_config, load, say
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from llm_serve.router import semantic_calibration as cal
-    from llm_serve.router.semantic_verifier import Verifier
 
     config = load(args)
     try:
@@ -24,16 +23,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 2
     say(f"{len(pairs)} pairs; embedding them with {embedder.source}")
     cos = cal.cosines(pairs, embedder.source)
-    points, _ = cal.sweep(pairs, cos, config)
+    try:
+        points, _, shipped = cal.sweep(pairs, cos, config)
+    except cal.PairsError as exc:
+        say(str(exc))
+        return 2
+    say(f"verifier: {config.cache.semantic.verifier}")
     chosen = cal.choose(points, args.target_precision)
-    shipped = Verifier().threshold
     print(f"{'threshold':>9} {'precision':>9} {'wilson95':>15} {'recall':>7} {'hits':>5} {'false':>5}")
     for p in points:
         ci = p.interval()
         precision = f"{p.precision:.3f}" if p.precision is not None else "-"
         interval = f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-"
         print(
-            f"{p.threshold:>9.2f} {precision:>9} {interval:>15} {p.recall:>7.3f} {p.hits:>5} {p.hits - p.true_hits:>5}"
+            f"{p.threshold:>9.3f} {precision:>9} {interval:>15} {p.recall:>7.3f} {p.hits:>5} {p.hits - p.true_hits:>5}"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +48,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         return 1
     low, high = chosen.interval() or (0.0, 0.0)
     print(
-        f"verifier_threshold: {chosen.threshold:.2f}  (precision {chosen.precision:.3f}, Wilson 95 % "
+        f"verifier_threshold: {chosen.threshold:.3f}  (precision {chosen.precision:.3f}, Wilson 95 % "
         f"{low:.3f}-{high:.3f}; recall {chosen.recall:.3f}; shipped default {shipped:.3f})"
     )
     print("set it as cache.semantic.verifier_threshold in the config")

@@ -32,8 +32,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 1
     lc.clear_state(config)
     started = time.monotonic()
+    from llm_serve.engine.machine import choose_dtype, cpu_info
+
+    cpu = cpu_info()
     for model in config.models:
         resolve_model_source(model.source, config.home_path, pull=True)
+        dtype, why = choose_dtype(model.engine.dtype, model.engine.accelerator, cpu)
+        say(f"engine {model.id}: dtype {dtype} ({why}; {cpu.model}, {cpu.cores} cores)")
 
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     os.environ.update(lc.ray_env(config))

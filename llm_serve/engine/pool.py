@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from llm_serve.config import AutoscalingConfig, ModelConfig
+from llm_serve.engine.machine import choose_dtype
 
 OFFLINE_ENV = {
     # No model hub is reachable on the machines we target: without these vLLM and transformers wait
@@ -41,7 +42,7 @@ def engine_deployment_name(model_id: str) -> str:
 def engine_kwargs(model: ModelConfig) -> dict[str, Any]:
     engine = model.engine
     kwargs: dict[str, Any] = {
-        "dtype": engine.dtype,
+        "dtype": choose_dtype(engine.dtype, engine.accelerator)[0],
         "max_model_len": engine.max_model_len,
         "max_num_seqs": engine.max_num_seqs,
         "enable_prefix_caching": engine.enable_prefix_caching,

@@ -3,7 +3,7 @@
 A candidate must (1) live in the same scope: one Milvus partition per hash of everything but the
 question (tenant, model, adapter, prompt version, system prompt, earlier turns, sampling parameters),
 so a search can only ever see answers given under identical conditions; (2) be at or above the
-cosine floor; and (3) pass the verifier (semantic_verifier.py: question frames weighed by a model
+cosine floor; and (3) pass the verifier (pair_classifier.py: a cross-encoder that reads both questions together,
 fitted on labelled pairs), because embeddings put "refund after 30 days" and "refund within 30 days"
 at 0.98 and "was I charged" next to "will I be charged". The scope is a partition key of one
 collection rather than a collection per scope: Milvus caps collections in the thousands, while
@@ -23,6 +23,7 @@ from typing import Any
 
 from llm_serve.config import MilvusConfig, SemanticCacheConfig
 from llm_serve.rag.embedder import embed_remote
+from llm_serve.router.pair_classifier import PairClassifier, shipped
 from llm_serve.router.semantic_match import same_question
 from llm_serve.router.semantic_verifier import Verifier
 
@@ -58,14 +59,24 @@ class SemanticCache:
         self._client: Any = None
         self._ready = False
         self.verifier = Verifier(threshold=config.verifier_threshold) if config.verifier == "learned" else None
+        self.pairs: PairClassifier | None = None  # loaded on the first lookup (a second of torch work)
 
     def confirms(self, question: str, candidate: str, similarity: float) -> bool:
-        """The second check on a neighbour above the floor; why it exists is in the module docstring."""
+        """The second check on a neighbour above the floor (frames or words); see the module docstring."""
         if self.verifier is not None:
             return self.verifier.accepts(question, candidate, similarity, self.config.synonyms)
         if self.config.verifier == "lexical":
             return same_question(question, candidate, self.config.synonyms)
         return True
+
+    def _confirmed(self, question: str, rows: list[tuple[float, dict[str, Any]]]) -> list[bool]:
+        """Which candidates above the floor pass the verifier (blocking: run in a thread)."""
+        if self.config.verifier != "cross_encoder":
+            return [self.confirms(question, entity["question"], similarity) for similarity, entity in rows]
+        if self.pairs is None:
+            self.pairs = shipped(self.config.verifier_threshold)
+        scores = self.pairs.scores(question, [entity["question"] for _, entity in rows])
+        return [s >= self.pairs.threshold for s in scores]
 
     @property
     def client(self) -> Any:
@@ -120,10 +131,16 @@ class SemanticCache:
             self._reset()
             return Probe(None, None, None)
         best = rows[0][0] if rows else None
-        for similarity, entity in rows:
-            if similarity < self.config.threshold:
-                break
-            if not self.confirms(question, entity["question"], similarity):
+        above = [(similarity, entity) for similarity, entity in rows if similarity >= self.config.threshold]
+        if not above:
+            return Probe(None, vector, best)
+        try:
+            confirmed = await asyncio.to_thread(self._confirmed, question, above)
+        except Exception as exc:
+            logger.warning("semantic cache verifier failed (%s: %s); treated as a miss", type(exc).__name__, exc)
+            return Probe(None, vector, best)
+        for (similarity, entity), ok in zip(above, confirmed, strict=True):
+            if not ok:
                 continue
             try:
                 payload = json.loads(entity["answer"])

@@ -18,7 +18,15 @@ from llm_serve.config import Config
 from llm_serve.jsonl import LineErrors, read_objects
 from llm_serve.router.semantic_verifier import Verifier
 
-GRID = tuple(round(0.02 * i, 2) for i in range(1, 50))
+# Finer near 1: a cross-encoder's scores crowd there, and so do the thresholds that reach high precision.
+GRID = (
+    tuple(round(0.02 * i, 2) for i in range(1, 46))
+    + tuple(round(0.9 + 0.01 * i, 2) for i in range(1, 10))
+    + (
+        0.995,
+        0.999,
+    )
+)
 
 
 @dataclass
@@ -79,13 +87,31 @@ def cosines(pairs: list[dict[str, Any]], source: str) -> list[float]:
     return [float(vectors[index[p["a"]]] @ vectors[index[p["b"]]]) for p in pairs]
 
 
-def sweep(pairs: list[dict[str, Any]], cos: list[float], config: Config) -> tuple[list[Point], list[float]]:
+def verifier_scores(pairs: list[dict[str, Any]], cos: list[float], config: Config) -> tuple[list[float], float]:
+    """(score per pair, the shipped threshold) of the configured verifier; below the cosine floor a pair is never
+    served, so it scores 0."""
     semantic = config.cache.semantic
-    verifier = Verifier()
-    scores = [
-        verifier.score(p["a"], p["b"], c, semantic.synonyms) if c >= semantic.threshold else 0.0
-        for p, c in zip(pairs, cos, strict=True)
-    ]
+    above = [i for i, c in enumerate(cos) if c >= semantic.threshold]
+    scores = [0.0] * len(pairs)
+    if semantic.verifier == "cross_encoder":
+        from llm_serve.router.pair_classifier import PairClassifier
+
+        classifier = PairClassifier()
+        found = classifier.pair_scores([pairs[i]["a"] for i in above], [pairs[i]["b"] for i in above])
+        for i, s in zip(above, found, strict=True):
+            scores[i] = s
+        return scores, classifier.threshold
+    if semantic.verifier == "learned":
+        verifier = Verifier()
+        for i in above:
+            scores[i] = verifier.score(pairs[i]["a"], pairs[i]["b"], cos[i], semantic.synonyms)
+        return scores, verifier.threshold
+    raise PairsError(f"verifier {semantic.verifier!r} has no score to calibrate: use cross_encoder or learned")
+
+
+def sweep(pairs: list[dict[str, Any]], cos: list[float], config: Config) -> tuple[list[Point], list[float], float]:
+    """Precision and recall at every threshold of GRID; also the scores and the shipped threshold."""
+    scores, shipped = verifier_scores(pairs, cos, config)
     positives = sum(bool(p["same"]) for p in pairs)
     points = []
     for t in GRID:
@@ -93,7 +119,7 @@ def sweep(pairs: list[dict[str, Any]], cos: list[float], config: Config) -> tupl
         hits = sum(accepted)
         true_hits = sum(a and bool(p["same"]) for a, p in zip(accepted, pairs, strict=True))
         points.append(Point(t, hits, true_hits, positives))
-    return points, scores
+    return points, scores, shipped
 
 
 def choose(points: list[Point], target: float) -> Point | None:
