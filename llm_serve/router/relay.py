@@ -56,7 +56,9 @@ class StreamRelay:
         self.usage: dict[str, Any] | None = None
         self.error: str | None = None
         self.timed_out = False
-        self.engine_done = False  # the engine's own [DONE] arrived: the stream was not cut short upstream
+        # The engine finished the answer (a finish reason, or its own [DONE]): the stream was not cut short
+        # upstream. Ray Serve LLM's stream does not always end with [DONE], so both count.
+        self.engine_done = False
         self.content_events = 0  # events relayed: the output-token estimate when no usage arrives
         self.finish_reasons: list[str] = []  # for the trace (gen_ai.response.finish_reasons)
         self._track_finish = track_finish  # a regex per event: only when a trace will show the reasons
@@ -116,8 +118,10 @@ class StreamRelay:
                 event = sse(from_engine_error(event).body())
             if self.events is not None:
                 self.events.append(event)
-            if self._track_finish and FINISH_MARK.search(event):
-                self._read_finish(event)
+            if (self._track_finish or not self.engine_done) and FINISH_MARK.search(event):
+                self.engine_done = True
+                if self._track_finish:
+                    self._read_finish(event)
             if USAGE_MARK in event or ERROR_MARK in event[:ERROR_PREFIX_LEN]:
                 event = self._inspect(event)
             elif event.startswith(DONE_EVENT[:12]):

@@ -55,6 +55,20 @@ def _test_env() -> dict[str, str]:
     return {**os.environ, "LLM_SERVE_HOME": home, "HF_HUB_OFFLINE": "1"}
 
 
+def _empty_semantic_cache(config: Config) -> None:
+    """Every run starts with an empty semantic cache: the verifier reads both questions, so the per-run
+    nonce in a question does not keep it from matching the same question of an earlier run (the home, and
+    Milvus' data in it, outlive runs)."""
+    from pymilvus import MilvusClient
+
+    from llm_serve.rag.milvus_server import milvus_uri
+
+    client = MilvusClient(uri=milvus_uri(config), timeout=30)
+    if client.has_collection(config.cache.semantic.collection):
+        client.drop_collection(config.cache.semantic.collection)
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[Stack]:
     env = _test_env()
@@ -73,6 +87,7 @@ def stack() -> Iterator[Stack]:
     if up.returncode != 0:
         stack.cli("down")
         pytest.fail(f"`llm-serve up` failed ({up.returncode}):\n{up.stdout[-6000:]}")
+    _empty_semantic_cache(stack.config)
     try:
         yield stack
     finally:

@@ -36,7 +36,10 @@ def ledger_row(http: httpx.Client, request_id: str) -> dict:
 
 def test_streamed_request_is_priced_and_in_the_ledger(stack, http) -> None:
     request_id = f"stream-{NONCE}"
-    body = chat(stack, f"Name a color. ({NONCE})", stream=True, stream_options={"include_usage": True})
+    # Not "Name a color.": the semantic cache served it "Name three colours."'s answer (a quantity near miss
+    # the verifier let through), and this test is about pricing a stream the engine produced.
+    question = f"Describe the smell of rain in four words. ({NONCE})"
+    body = chat(stack, question, stream=True, stream_options={"include_usage": True})
     with http.stream("POST", "/v1/chat/completions", json=body, headers={"x-request-id": request_id}) as resp:
         events = [line[6:] for line in resp.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"

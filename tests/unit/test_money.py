@@ -12,7 +12,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from llm_serve.router.coalesce import Coalescer, EngineCallAborted
-from tests.unit.fakes import GREEDY, A, B, Engine, build, build_app, chat, chat_response, post_and_leave, sse
+from tests.unit.fakes import (
+    GREEDY,
+    A,
+    B,
+    Engine,
+    build,
+    build_app,
+    chat,
+    chat_response,
+    post_and_leave,
+    sse,
+    stream_items,
+)
 
 
 async def rows_when(state: Any, predicate: Any, timeout_s: float = 5.0) -> list[dict[str, Any]]:
@@ -112,6 +124,23 @@ async def test_a_stream_whose_engine_call_serve_cancels_first_keeps_its_row_when
     assert rows, "the row of a stream cancelled while settling was lost"
     row = rows[0]
     assert row["status"] == 499 and row["completion_tokens"] == 3 and row["cost_usd"] > 0, row
+
+
+class NoDone(Engine):
+    """Ray Serve LLM's shape: the last chunk carries the finish reason and usage, and no [DONE] follows."""
+
+    async def _results(self, body: Any) -> AsyncIterator[Any]:
+        for item in stream_items("all of it", self.model):
+            yield [e for e in item if not e.startswith("data: [DONE]")]
+
+
+async def test_a_finished_stream_without_the_engines_done_is_a_whole_answer() -> None:
+    client, _, state = build(engines={A: NoDone(A), B: Engine(B)})
+    async with client, client.stream("POST", "/v1/chat/completions", json=chat(stream=True)) as resp:
+        lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and "all of it" in "".join(lines)
+    row = (await rows_when(state, lambda rows: rows))[0]
+    assert row["status"] == 200 and row["completion_tokens"] == 4, row
 
 
 async def test_the_client_can_ask_for_running_usage_itself() -> None:

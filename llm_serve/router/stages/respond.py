@@ -127,8 +127,8 @@ class Respond:
         if relay.timed_out:
             cancel_call(relay.upstream)
         if not relay.error and not relay.engine_done:
-            # The engine's stream stopped cleanly without its [DONE]: Serve cancelled the engine call
-            # because this request was cancelled (its client left). An engine that dies fails the
+            # The engine's stream stopped cleanly before any finish reason: Serve cancelled the engine
+            # call because this request was cancelled (its client left). An engine that dies fails the
             # call instead. Settled as the client's leaving, whichever cancellation arrived first.
             ctx.finish(499, "client disconnected (the engine call was cancelled)", "client_disconnected")
             self._price_stream(relay, ctx)
