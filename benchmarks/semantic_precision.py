@@ -215,20 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         "heldout": score(heldout.gate("lexical")(LEXICAL_DEFAULT), heldout.truth),
         "heldout_by_kind": by_kind(heldout, heldout.gate("lexical")(LEXICAL_DEFAULT)),
     }
-    candidates["learned"] = {
-        "threshold": verifier.threshold,
-        "cosine_floor": SemanticCacheConfig().threshold,
-        "tuning": score(tuning.learned, tuning.truth),
-        "heldout": score(heldout.learned, heldout.truth),
-        "heldout_by_kind": by_kind(heldout, heldout.learned),
-    }
-    candidates["cross_encoder"] = {
-        "threshold": classifier.threshold,
-        "cosine_floor": SemanticCacheConfig().threshold,
-        "tuning": score(tuning.ce, tuning.truth),
-        "heldout": score(heldout.ce, heldout.truth),
-        "heldout_by_kind": by_kind(heldout, heldout.ce),
-    }
+    floor = SemanticCacheConfig().threshold
+    verifiers = (("learned", verifier.threshold, "learned"), ("cross_encoder", classifier.threshold, "ce"))
+    for name, threshold, attr in verifiers:
+        candidates[name] = {
+            "threshold": threshold,
+            "cosine_floor": floor,
+            "tuning": score(getattr(tuning, attr), tuning.truth),
+            "heldout": score(getattr(heldout, attr), heldout.truth),
+            "heldout_by_kind": by_kind(heldout, getattr(heldout, attr)),
+        }
     timing = latency(everything, args.source, verifier, classifier)
     for name, c in candidates.items():
         h = c["heldout"] or {}
