@@ -131,12 +131,10 @@ def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(s
     os.kill(pid, signal.SIGKILL)
     deadline = killed_at + RECOVERY_TIMEOUT_S
 
-    def first_failure() -> float | None:
-        return min((t for t, _, s in outcomes if t >= killed_at and s != 200), default=None)
-
     def recovered() -> list[float]:
-        failed = first_failure()
-        return [t + d for t, d, s in outcomes if failed is not None and s == 200 and t > failed]
+        # Answers that ended a second or more after the kill came from the new replica: either after fast
+        # 503s, or (when the replica is back within the router's wait) the requests in flight just waited.
+        return [t + d for t, d, s in outcomes if s == 200 and t + d >= killed_at + 1]
 
     while not recovered():
         assert time.monotonic() < deadline, "the pool never answered again"
@@ -145,12 +143,13 @@ def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(s
     stop.set()
     for worker in workers:
         worker.join(310)
-    after = [(d, s) for t, d, s in outcomes if t >= killed_at]
-    failures = [(d, s) for d, s in after if s != 200]
+    assert replica_pid(stack, CONFIG.app_name, "engine-smollm2-135m-instruct") != pid, "the replica was replaced"
+    around = [(d, s) for t, d, s in outcomes if t + d >= killed_at]  # in flight at the kill, or sent after it
+    failures = [(d, s) for d, s in around if s != 200]
     print(f"engine killed: {len(failures)} failed, recovered after {recovered_at - killed_at:.0f} s")
-    assert failures, "requests during the restart were answered with errors"
     assert all(s == 503 for _, s in failures), failures  # never a 500, never a client-side timeout
-    assert max(d for d, _ in failures) < 60, "failures come quickly, not after the client gives up"
+    assert all(d < 60 for d, _ in failures), "failures come quickly, not after the client gives up"
+    assert max(d for d, _ in around) < 180, "a request waits a bounded time for the new replica"
 
 
 def test_without_milvus_retrieval_is_503_and_chat_goes_on(stack) -> None:
