@@ -11,7 +11,7 @@ It also measures the machine's roofline: memory bandwidth (a large tensor copy) 
 (float32 and bf16), and from the model's weight bytes the decode ceiling at batch 1 (every weight is read
 once per token, so tokens/s <= bandwidth / weight bytes), printed next to the measured batch-1 rate.
 
-    .venv/bin/python benchmarks/engine_knobs.py [--rounds 3] [--settings bf16-auto fp32-auto bf16-bind fp32-bind]
+    .venv/bin/python benchmarks/engine_knobs.py [--rounds 3] [--settings bf16-auto fp32-auto bf16-bind bf16-eager]
 """
 
 from __future__ import annotations
@@ -34,15 +34,23 @@ from llm_serve.engine.machine import choose_dtype, cpu_info  # noqa: E402
 from llm_serve.models import resolve_model_source  # noqa: E402
 
 SCENARIO = "engine-knobs"
-# name: (dtype, VLLM_CPU_OMP_THREADS_BIND). "auto" binding: vLLM binds one core per worker and leaves the
-# rest to the other processes; "all" binds every core of the machine to the engine's OpenMP threads.
-SETTINGS = {
-    "bf16-auto": ("bfloat16", "auto"),
-    "fp32-auto": ("float32", "auto"),
-    "bf16-bind": ("bfloat16", "all"),
-    "fp32-bind": ("float32", "all"),
+# name: the engine fields it sets. Binding "auto": vLLM binds one core per worker and leaves the rest to the
+# other processes; "all": every core of the machine runs the engine's OpenMP threads. "eager": no
+# torch.compile (a shorter start against whatever the compiled graph saves per step).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "bf16-auto": {"dtype": "bfloat16", "cpu_omp_threads_bind": "auto"},
+    "fp32-auto": {"dtype": "float32", "cpu_omp_threads_bind": "auto"},
+    "bf16-bind": {"dtype": "bfloat16", "cpu_omp_threads_bind": "all"},
+    "fp32-bind": {"dtype": "float32", "cpu_omp_threads_bind": "all"},
+    "bf16-eager": {"dtype": "bfloat16", "cpu_omp_threads_bind": "auto", "enforce_eager": True},
+    # vLLM's own compile path (an AOT artifact that fails to load on vllm-cpu 0.32, so it compiles every start)
+    "bf16-aot": {"dtype": "bfloat16", "cpu_omp_threads_bind": "auto", "compile_cache": False},
+    "fp32-eager": {"dtype": "float32", "cpu_omp_threads_bind": "auto", "enforce_eager": True},
+    "bf16-seqs16": {"dtype": "bfloat16", "cpu_omp_threads_bind": "auto", "max_num_seqs": 16},
+    "bf16-kv4": {"dtype": "bfloat16", "cpu_omp_threads_bind": "auto", "kv_cache_gib": 4},
 }
-BASELINE = "bf16-auto"  # what vLLM's server does with its defaults on the bundled bf16 checkpoint
+DEFAULT_SETTINGS = ["bf16-auto", "fp32-auto", "bf16-bind", "bf16-eager", "bf16-aot"]
+BASELINE = "bf16-auto"  # the bench config's engine (compile cache on) in bf16 with vLLM's own binding
 LEVELS = {1: 8, 16: 48}  # concurrency: requests
 
 
@@ -51,10 +59,10 @@ def bind_all() -> str:
 
 
 def measure(name: str, model_dir: str, max_tokens: int) -> dict[str, Any]:
-    dtype, bind = SETTINGS[name]
     config = bench_config()
     engine = config.models[0].engine
-    engine.dtype, engine.cpu_omp_threads_bind = dtype, bind_all() if bind == "all" else bind
+    for field, value in SETTINGS[name].items():
+        setattr(engine, field, bind_all() if field == "cpu_omp_threads_bind" and value == "all" else value)
     server = VllmServer(bench_env(), model_dir, config)
     started = time.monotonic()
     server.start()
@@ -134,7 +142,7 @@ def plot(medians: dict[str, dict[str, float]], spread: dict[str, dict[str, tuple
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=DEFAULT_SETTINGS)
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args(argv)
     config = bench_config()
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             spread[name][level] = (min(values), max(values))
             medians[name][f"{level}_ttft"] = statistics.median(x[level]["ttft_ms_p50"] for x in rs)
         medians[name]["ready_s"] = statistics.median(x["ready_s"] for x in rs)
+        medians[name]["ready_s_first"] = rs[0]["ready_s"]
     base = medians.get(BASELINE)
     metrics: dict[str, Any] = {}
     for name, m in medians.items():
@@ -167,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             metrics[f"ttft_p50_ms@{level}/{name}"] = metric(m[f"{level}_ttft"], "ms", False)
         metrics[f"ready_s/{name}"] = metric(m["ready_s"], "s", False)
+        metrics[f"ready_s_first_start/{name}"] = metric(m["ready_s_first"], "s", False)
     metrics["bandwidth_gb_s"] = metric(roof["bandwidth_gb_s"], "GB/s", True)
     for key in ("peak_gflops_float32", "peak_gflops_bfloat16"):
         metrics[key] = metric(roof[key], "GFLOP/s", True)
     for name, m in medians.items():
-        ceiling = roof["decode_ceiling_bf16_tok_s" if SETTINGS[name][0] == "bfloat16" else "decode_ceiling_fp32_tok_s"]
+        bf16 = SETTINGS[name]["dtype"] == "bfloat16"
+        ceiling = roof["decode_ceiling_bf16_tok_s" if bf16 else "decode_ceiling_fp32_tok_s"]
         metrics[f"batch1_decode_vs_ceiling/{name}"] = metric(
             m["c1"], "tok/s", True, "memory-bandwidth ceiling", ceiling
         )

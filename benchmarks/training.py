@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from benchmarks.stack import BenchStack  # noqa: E402
 from llm_serve.local_cluster import ray_env  # noqa: E402
 from llm_serve.models import resolve_model_source  # noqa: E402
 from train.config import TrainConfig, load_train_config, project_path  # noqa: E402
+from train.job import tokens_per_s  # noqa: E402
 
 
 def _log(message: str) -> None:
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         history = read_history(stack, adapter)
     finally:
         stack.stop()
-    ours = statistics.fmean(h["tokens_per_s"] for h in history[1:])
+    ours = tokens_per_s(history[1:])  # total tokens over total step time, as the baseline computes it
     metrics = {
         "training_tokens_per_s": metric(ours, "tok/s", True, "plain-peft-loop", base["tokens_per_s"]),
         "submit_to_adapter_answer_s": metric(served["submit_to_answer_s"], "s", False),

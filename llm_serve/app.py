@@ -17,7 +17,13 @@ from ray.serve.deployment import Application
 
 from llm_serve.config import Config, load_config, parse_config
 from llm_serve.engine import build_engine_deployment
-from llm_serve.engine.pool import OFFLINE_ENV, autoscaling_options, deployment_safe, engine_deployment_name
+from llm_serve.engine.pool import (
+    OFFLINE_ENV,
+    autoscaling_options,
+    deployment_safe,
+    engine_deployment_name,
+    phase_path,
+)
 from llm_serve.models import resolve_model_source
 from llm_serve.prompts import PromptRegistry
 from llm_serve.prompts.template import PromptTemplate
@@ -45,7 +51,12 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
     for model in config.models:
         source = sources[model.id] = resolve_model_source(model.source, config.home_path, pull=pull_models)
         engines[model.id] = build_engine_deployment(
-            model, source, config.adapter_registry(model), str(config.home_path / "cache" / "adapters"), tracing
+            model,
+            source,
+            config.adapter_registry(model),
+            str(config.home_path / "cache" / "adapters"),
+            tracing,
+            str(phase_path(config.home_path, model.id)),
         )
     embedders: dict[str, Application] = {}
     for embedder in config.embedding_models:

@@ -8,6 +8,7 @@ fails instead of waiting out the timeout.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -52,21 +53,43 @@ def deploy(config: Config, gcs_address: str, report: Callable[[str], None] = _sa
     return url
 
 
+def waiting_for(config: Config, states: dict[str, str], started_at: float) -> str:
+    """What the deployments that are not up yet are doing, where a starting engine says (its phase file)."""
+    from llm_serve.engine.pool import engine_deployment_name, phase_path
+    from llm_serve.engine.start_phase import read_phase
+
+    parts = []
+    for model in config.models:
+        name = engine_deployment_name(model.id)
+        if states.get(name, "HEALTHY") == "HEALTHY":
+            continue
+        phase = read_phase(phase_path(config.home_path, model.id), started_at)
+        parts.append(f"{model.id}: {phase[0]} ({phase[1]:.0f} s)" if phase else f"{model.id}: starting the replica")
+    others = [n for n, s in sorted(states.items()) if s != "HEALTHY" and not n.startswith("engine-")]
+    if others:
+        parts.append("starting " + ", ".join(others))
+    return "waiting for " + "; ".join(parts) if parts else ""
+
+
 def wait_running(config: Config, report: Callable[[str], None] = _say) -> None:
     from ray import serve
 
     started = time.monotonic()
+    started_at = time.time()
     deadline = started + config.server.ready_timeout_s
-    last_states: dict[str, str] = {}
+    last_states: tuple[dict[str, str], str] = ({}, "")
     last_progress = started
     while True:
         app = serve.status().applications.get(config.app_name)
         if app is not None:
             states = {name: d.status.value for name, d in app.deployments.items()}
-            if states != last_states or time.monotonic() - last_progress > PROGRESS_EVERY_S:
+            doing = waiting_for(config, states, started_at)
+            key = (states, re.sub(r" \(\d+ s\)", "", doing))  # a new line on a change, not every second
+            if key != last_states or time.monotonic() - last_progress > PROGRESS_EVERY_S:
                 elapsed = time.monotonic() - started
-                report(f"  [{elapsed:5.0f} s] " + ", ".join(f"{n}: {s}" for n, s in sorted(states.items())))
-                last_states, last_progress = states, time.monotonic()
+                healthy = sum(s == "HEALTHY" for s in states.values())
+                report(f"  [{elapsed:5.0f} s] {healthy}/{len(states)} deployments up; {doing or 'finishing'}")
+                last_states, last_progress = key, time.monotonic()
             if app.status.value == "RUNNING":
                 return
             if app.status.value == "DEPLOY_FAILED":

@@ -211,15 +211,22 @@ def submission_id() -> str | None:
     return (job_config.get("metadata") or {}).get("job_submission_id")
 
 
+def tokens_per_s(steps: list[dict[str, Any]]) -> float:
+    """Total tokens over total step time: a mean of per-step rates would over-weight the short steps."""
+    if all("tokens" in h and "step_s" in h for h in steps):
+        return sum(h["tokens"] for h in steps) / max(sum(h["step_s"] for h in steps), 1e-9)
+    return sum(h["tokens_per_s"] for h in steps) / len(steps)  # histories written before the totals were logged
+
+
 def summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     if not history:
         return {}
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
-    rates = [h["tokens_per_s"] for h in history[1:]] or [history[0]["tokens_per_s"]]
+    timed = history[1:] or history  # the first step carries start-up (allocation, first kernels)
     return {
         "steps": history[-1]["step"],
         "first_loss": history[0]["loss"],
         "final_loss": history[-1]["loss"],
         "eval_loss": evals[-1] if evals else None,
-        "tokens_per_s": sum(rates) / len(rates),
+        "tokens_per_s": tokens_per_s(timed),
     }

@@ -187,8 +187,11 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                     "loss": float(stats[0]) / world,
                     "learning_rate": engine.lr(),
                     "tokens_per_s": float(stats[1]) / max(elapsed, 1e-9),
+                    # Totals, so a run's rate is sum(tokens) / sum(step_s), as the benchmark's baseline computes it.
+                    "tokens": int(stats[1]),
+                    "step_s": elapsed,
                 }
-                window_loss, window_tokens, window_started = 0.0, 0, time.perf_counter()
+                window_loss, window_tokens = 0.0, 0
                 last = step >= total_steps
                 # The step that completes the epoch's last micro-batch, or the first one after it.
                 epoch_end = (micro_step // micro_per_epoch) > ((micro_step - accum) // micro_per_epoch)
@@ -213,6 +216,7 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
                         _checkpoint(cfg, engine, metrics, history, step, micro_step, rank, tokenizer, last)
                 else:
                     ray.train.report(metrics)
+                window_started = time.perf_counter()  # evaluation and checkpoints are not training time
                 if last:
                     done = True
                     break

@@ -53,11 +53,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         up_pid=None if args.detach else os.getpid(),
     )
     try:
-        if config.rag.milvus.uri is None:
-            from llm_serve.rag.milvus_server import milvus_uri, start_lite
+        milvus = None
+        if config.rag.milvus.uri is None:  # started first, waited for after Ray: the two start side by side
+            from llm_serve.rag.milvus_server import milvus_uri, spawn_lite, wait_lite
 
+            milvus_log = config.home_path / "logs" / "milvus-lite.log"
             say(f"starting Milvus Lite at {milvus_uri(config)} (data in {config.home_path / 'milvus'})")
-            state.milvus_pid = start_lite(config, config.home_path / "logs" / "milvus-lite.log").pid
+            milvus = spawn_lite(config, milvus_log)
+            state.milvus_pid = milvus.pid
             lc.write_state(config, state)
         if address is None:
             say(f"starting a private Ray (GCS 127.0.0.1:{config.ray.gcs_port}, temp dir {state.temp_dir})")
@@ -65,6 +68,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             state.ray_pid = head.pid
             state.gcs_address = address = f"127.0.0.1:{config.ray.gcs_port}"
             lc.write_state(config, state)
+        if milvus is not None:
+            wait_lite(config, milvus, milvus_log)
         state.url = deploy(config, address)
     except BaseException as exc:
         _stop_started(config, state)

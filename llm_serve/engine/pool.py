@@ -9,10 +9,12 @@ environment variables of the replica's runtime_env, which is why they are set he
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from llm_serve.config import AutoscalingConfig, ModelConfig
+from llm_serve.config import AutoscalingConfig, EngineConfig, ModelConfig
 from llm_serve.engine.machine import choose_dtype
+from llm_serve.engine.start_phase import PHASE_FILE_ENV
 
 OFFLINE_ENV = {
     # No model hub is reachable on the machines we target: without these vLLM and transformers wait
@@ -39,6 +41,11 @@ def engine_deployment_name(model_id: str) -> str:
     return "engine-" + deployment_safe(model_id)
 
 
+def phase_path(home: Path, model_id: str) -> Path:
+    """Where a starting replica of this pool writes what it is doing (engine/start_phase.py)."""
+    return home / "run" / f"{engine_deployment_name(model_id)}.phase"
+
+
 def engine_kwargs(model: ModelConfig) -> dict[str, Any]:
     engine = model.engine
     kwargs: dict[str, Any] = {
@@ -62,11 +69,23 @@ def engine_kwargs(model: ModelConfig) -> dict[str, Any]:
     return kwargs
 
 
-def engine_env(model: ModelConfig) -> dict[str, str]:
+def engine_env(model: ModelConfig, phase_file: str | None = None) -> dict[str, str]:
     env = dict(OFFLINE_ENV)
+    if phase_file is not None:
+        env[PHASE_FILE_ENV] = phase_file
     if model.engine.accelerator == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(model.engine.kv_cache_gib)
-        env["VLLM_CPU_OMP_THREADS_BIND"] = model.engine.cpu_omp_threads_bind
+        env.update(cpu_engine_env(model.engine))
+    return env
+
+
+def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
+    """vLLM's CPU knobs, which are environment variables (shared with benchmarks/servers.py's same-args vLLM)."""
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib),
+        "VLLM_CPU_OMP_THREADS_BIND": engine.cpu_omp_threads_bind,
+    }
+    if engine.compile_cache:
+        env["VLLM_USE_AOT_COMPILE"] = "0"  # see EngineConfig.compile_cache
     return env
 
 
@@ -105,6 +124,7 @@ def build_llm_config(
     adapter_registry: str | None = None,
     adapter_cache: str | None = None,
     tracing: dict[str, Any] | None = None,
+    phase_file: str | None = None,
 ) -> Any:
     """Translate one ModelConfig into Ray Serve LLM's LLMConfig (`model_source` already resolved)."""
     from ray.serve.llm import LLMConfig
@@ -116,7 +136,7 @@ def build_llm_config(
         "model_loading_config": {"model_id": model.id, "model_source": model_source},
         "engine_kwargs": engine_kwargs(model),
         "accelerator_config": {"kind": engine.accelerator},
-        "runtime_env": {"env_vars": engine_env(model)},
+        "runtime_env": {"env_vars": engine_env(model, phase_file)},
         "deployment_config": deployment_options(model),
         "experimental_configs": {"stream_batching_interval_ms": engine.stream_batching_interval_ms},
         "log_engine_metrics": engine.engine_metrics,
@@ -140,13 +160,14 @@ def build_engine_deployment(
     adapter_registry: str | None = None,
     adapter_cache: str | None = None,
     tracing: dict[str, Any] | None = None,
+    phase_file: str | None = None,
 ) -> Any:
     """The bound Serve application of one engine pool, named after the model id."""
     from ray.serve.llm import build_llm_deployment
 
     from llm_serve.engine.lora_server import RegistryLoraServer
 
-    llm_config = build_llm_config(model, model_source, adapter_registry, adapter_cache, tracing)
+    llm_config = build_llm_config(model, model_source, adapter_registry, adapter_cache, tracing, phase_file)
     return build_llm_deployment(
         llm_config,
         deployment_cls=RegistryLoraServer,

@@ -183,9 +183,13 @@ def is_applied() -> bool:
 def register() -> None:
     """The `vllm.general_plugins` entry point: apply the fix when this vLLM needs it, else do nothing.
 
-    vLLM may call this several times per process and in every process, so it is idempotent.
+    vLLM may call this several times per process and in every process, so it is idempotent. It also
+    installs the start-phase recorder (engine/start_phase.py), which needs the same foothold.
     """
     global _applied
+    from llm_serve.engine.start_phase import install_from_env
+
+    install_from_env()
     if _applied:
         return
     if os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes"):

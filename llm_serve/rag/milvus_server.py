@@ -52,6 +52,13 @@ def reachable(uri: str, timeout_s: float = 1.0) -> bool:
 
 def start_lite(config: Config, log_file: Path) -> subprocess.Popen[bytes]:
     """Start the Milvus Lite server for this home and wait until it answers a client call."""
+    proc = spawn_lite(config, log_file)
+    wait_lite(config, proc, log_file)
+    return proc
+
+
+def spawn_lite(config: Config, log_file: Path) -> subprocess.Popen[bytes]:
+    """Start the Milvus Lite server without waiting for it (`up` starts Ray meanwhile; `wait_lite` after)."""
     milvus = config.rag.milvus
     uri = milvus_uri(config)
     if reachable(uri):
@@ -73,13 +80,19 @@ def start_lite(config: Config, log_file: Path) -> subprocess.Popen[bytes]:
         str(milvus.lite_port),
     ]
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_lite(config: Config, proc: subprocess.Popen[bytes], log_file: Path) -> None:
+    """Until the server `spawn_lite` started answers a client call; stopped and raised if it never does."""
+    milvus = config.rag.milvus
+    uri = milvus_uri(config)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise MilvusUnavailable(f"milvus-lite server exited with {proc.returncode}; see {log_file}")
         if reachable(uri) and _answers(uri, milvus.token):
-            return proc
+            return
         time.sleep(0.3)
     proc.kill()
     raise MilvusUnavailable(f"milvus-lite server did not answer on {uri} within {START_TIMEOUT_S:.0f} s")
