@@ -280,11 +280,9 @@ async def ask_warmup(stack: BenchStack) -> None:
 
 
 def drop_collection(stack: BenchStack, collection: str) -> None:
-    from pymilvus import MilvusClient
+    from llm_serve.rag.milvus_server import connect, milvus_uri
 
-    from llm_serve.rag.milvus_server import milvus_uri
-
-    client = MilvusClient(uri=milvus_uri(stack.config))
+    client = connect(milvus_uri(stack.config), stack.config.rag.milvus.token, 30)
     if client.has_collection(collection):
         client.drop_collection(collection)
     client.close()

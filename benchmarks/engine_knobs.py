@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
@@ -101,6 +102,14 @@ def roofline(model_dir: str) -> dict[str, float]:
     copy_s = timed(lambda: b.copy_(a))
     bandwidth = 2 * a.numel() * 4 / copy_s / 1e9  # read + write
     out = {"bandwidth_gb_s": bandwidth}
+    # What one core can pull: vLLM's `auto` binding gives the engine one core of two, so its decode
+    # ceiling is this one, not the machine's.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out["bandwidth_1core_gb_s"] = 2 * a.numel() * 4 / timed(lambda: b.copy_(a)) / 1e9
+    finally:
+        torch.set_num_threads(threads)
     n = 2048
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         x, y = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -109,10 +118,12 @@ def roofline(model_dir: str) -> dict[str, float]:
     out["weight_bytes_bf16"] = float(weights)
     out["decode_ceiling_bf16_tok_s"] = bandwidth * 1e9 / weights
     out["decode_ceiling_fp32_tok_s"] = bandwidth * 1e9 / (2 * weights)
+    out["decode_ceiling_bf16_1core_tok_s"] = out["bandwidth_1core_gb_s"] * 1e9 / weights
     print(
         f"roofline: {bandwidth:.1f} GB/s, {out['peak_gflops_float32']:.0f} GFLOP/s fp32, "
         f"{out['peak_gflops_bfloat16']:.0f} GFLOP/s bf16; batch-1 decode ceiling "
-        f"{out['decode_ceiling_bf16_tok_s']:.0f} tok/s bf16, {out['decode_ceiling_fp32_tok_s']:.0f} fp32",
+        f"{out['decode_ceiling_bf16_tok_s']:.0f} tok/s bf16, {out['decode_ceiling_fp32_tok_s']:.0f} fp32; one core: "
+        f"{out['bandwidth_1core_gb_s']:.1f} GB/s, {out['decode_ceiling_bf16_1core_tok_s']:.0f} tok/s bf16",
         flush=True,
     )
     return out
@@ -144,17 +155,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=DEFAULT_SETTINGS)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the report from the raw runs of the last one (the roofline is measured again if it lacks a "
+        "figure); no server is started",
+    )
     args = parser.parse_args(argv)
     config = bench_config()
     model_dir = str(resolve_model_source(config.models[0].source, config.home_path, pull=True))
-    roof = roofline(model_dir)
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in args.settings}
-    for r in range(args.rounds):
-        order = args.settings[r % len(args.settings) :] + args.settings[: r % len(args.settings)]
-        print(f"round {r + 1}/{args.rounds}: {' '.join(order)}", flush=True)
-        for name in order:
-            runs[name].append(measure(name, model_dir, args.max_tokens))
+    command = "python benchmarks/engine_knobs.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.report_only:
+        last = json.loads((RESULTS / f"{SCENARIO}.json").read_text())
+        runs, command = last["raw"], last["command"]
+        roof = last["roofline"] if "bandwidth_1core_gb_s" in last["roofline"] else roofline(model_dir)
+        args.rounds, args.settings = last["runs"], list(runs)
+    else:
+        roof = roofline(model_dir)
+        runs = {n: [] for n in args.settings}
+        for r in range(args.rounds):
+            order = args.settings[r % len(args.settings) :] + args.settings[: r % len(args.settings)]
+            print(f"round {r + 1}/{args.rounds}: {' '.join(order)}", flush=True)
+            for name in order:
+                runs[name].append(measure(name, model_dir, args.max_tokens))
+    report, medians, spread = build_report(runs, roof, args, command)
+    write_report(report)
+    plot(medians, spread, RESULTS / f"{SCENARIO}.png")
+    print(report["notes"])
+    return 0
 
+
+def build_report(
+    runs: dict[str, list[dict[str, Any]]], roof: dict[str, float], args: argparse.Namespace, command: str
+) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, dict[str, tuple[float, float]]]]:
     medians: dict[str, dict[str, float]] = {}
     spread: dict[str, dict[str, tuple[float, float]]] = {}
     for name, rs in runs.items():
@@ -164,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             medians[name][level] = statistics.median(values)
             spread[name][level] = (min(values), max(values))
             medians[name][f"{level}_ttft"] = statistics.median(x[level]["ttft_ms_p50"] for x in rs)
+        # Decode alone: one token per TPOT at batch 1 (the request rate above includes prefill and HTTP).
+        medians[name]["c1_decode"] = statistics.median(1000 / x["c1"]["tpot_ms_p50"] for x in rs)
         medians[name]["ready_s"] = statistics.median(x["ready_s"] for x in rs)
         medians[name]["ready_s_first"] = rs[0]["ready_s"]
     base = medians.get(BASELINE)
@@ -177,15 +212,24 @@ def main(argv: list[str] | None = None) -> int:
             metrics[f"ttft_p50_ms@{level}/{name}"] = metric(m[f"{level}_ttft"], "ms", False)
         metrics[f"ready_s/{name}"] = metric(m["ready_s"], "s", False)
         metrics[f"ready_s_first_start/{name}"] = metric(m["ready_s_first"], "s", False)
-    metrics["bandwidth_gb_s"] = metric(roof["bandwidth_gb_s"], "GB/s", True)
+    for key, unit in (("bandwidth_gb_s", "GB/s"), ("bandwidth_1core_gb_s", "GB/s")):
+        metrics[key] = metric(roof[key], unit, True)
     for key in ("peak_gflops_float32", "peak_gflops_bfloat16"):
         metrics[key] = metric(roof[key], "GFLOP/s", True)
     for name, m in medians.items():
         bf16 = SETTINGS[name]["dtype"] == "bfloat16"
         ceiling = roof["decode_ceiling_bf16_tok_s" if bf16 else "decode_ceiling_fp32_tok_s"]
         metrics[f"batch1_decode_vs_ceiling/{name}"] = metric(
-            m["c1"], "tok/s", True, "memory-bandwidth ceiling", ceiling
+            m["c1_decode"], "tok/s", True, "memory-bandwidth ceiling (all cores)", ceiling
         )
+        if bf16 and SETTINGS[name]["cpu_omp_threads_bind"] == "auto":
+            metrics[f"batch1_decode_vs_1core_ceiling/{name}"] = metric(
+                m["c1_decode"],
+                "tok/s",
+                True,
+                "memory-bandwidth ceiling (the one core it runs on)",
+                roof["decode_ceiling_bf16_1core_tok_s"],
+            )
     cpu = cpu_info()
     chosen, why = choose_dtype("auto", "cpu", cpu)
     best = max(medians, key=lambda n: medians[n]["c16"])
@@ -193,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenario": SCENARIO,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {**machine(), "vector_isa": cpu.vector_isa, "native_bf16": cpu.native_bf16},
-        "command": "python benchmarks/engine_knobs.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "runs": args.rounds,
         "metrics": metrics,
         "roofline": roof,
@@ -201,15 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         "raw": runs,
         "notes": (
             f"vLLM's own server, one knob per setting, {args.rounds} rounds with the order rotated; medians. "
-            f"Levels: {LEVELS} (concurrency: requests), {args.max_tokens} output tokens. 'bind' sets "
-            f"VLLM_CPU_OMP_THREADS_BIND={bind_all()}. dtype auto chooses {chosen} here ({why}); the fastest "
-            f"setting at 16 clients was {best}."
+            f"Levels: {LEVELS} (concurrency: requests), 64 output tokens. 'bind' sets "
+            f"VLLM_CPU_OMP_THREADS_BIND={bind_all()}; 'eager' enforce_eager; 'aot' vLLM's own compile path "
+            f"(compile_cache off). Batch-1 decode is 1000 / TPOT p50. dtype auto chooses {chosen} here ({why}); "
+            f"the fastest setting at 16 clients was {best}."
         ),
     }
-    write_report(report)
-    plot(medians, spread, RESULTS / f"{SCENARIO}.png")
-    print(f"dtype auto -> {chosen} ({why}); fastest at 16 clients: {best}")
-    return 0
+    return report, medians, spread
 
 
 if __name__ == "__main__":

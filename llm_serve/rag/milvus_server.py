@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from llm_serve.config import Config
 
@@ -98,11 +99,24 @@ def wait_lite(config: Config, proc: subprocess.Popen[bytes], log_file: Path) -> 
     raise MilvusUnavailable(f"milvus-lite server did not answer on {uri} within {START_TIMEOUT_S:.0f} s")
 
 
-def _answers(uri: str, token: str | None) -> bool:
+# pymilvus pings every 10 s even on an idle channel (keepalive_permit_without_calls), the Milvus Lite
+# server allows one ping per 5 minutes without data, and after two strikes it sends GOAWAY
+# "too_many_pings", which gRPC prints to the console of every process holding a client (reproduced: an
+# idle client for 60 s). Pinging only while calls are in flight keeps the hung-call detection and ends
+# the noise; an idle channel that died is found by the next call, which our callers retry.
+GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": 0}
+
+
+def connect(uri: str, token: str | None, timeout_s: float) -> Any:
+    """A MilvusClient with the keepalive the servers accept (GRPC_OPTIONS)."""
     from pymilvus import MilvusClient
 
+    return MilvusClient(uri=uri, token=token or "", timeout=timeout_s, grpc_options=dict(GRPC_OPTIONS))
+
+
+def _answers(uri: str, token: str | None) -> bool:
     try:
-        client = MilvusClient(uri=uri, token=token or "", timeout=5)
+        client = connect(uri, token, 5)
         client.list_collections()
         client.close()
         return True

@@ -99,11 +99,11 @@ class VectorStore:
     """Thin, typed layer over MilvusClient for the chunk schema."""
 
     def __init__(self, config: MilvusConfig, uri: str) -> None:
-        from pymilvus import MilvusClient
+        from llm_serve.rag.milvus_server import connect
 
         self.config = config
         self.uri = uri
-        self.client = MilvusClient(uri=uri, token=config.token or "", timeout=config.timeout_s)
+        self.client = connect(uri, config.token, config.timeout_s)
         self._loaded: set[str] = set()
 
     def close(self) -> None:

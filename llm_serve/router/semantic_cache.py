@@ -81,9 +81,9 @@ class SemanticCache:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from pymilvus import MilvusClient
+            from llm_serve.rag.milvus_server import connect
 
-            self._client = MilvusClient(uri=self.uri, token=self.milvus.token or "", timeout=self.milvus.timeout_s)
+            self._client = connect(self.uri, self.milvus.token, self.milvus.timeout_s)
         return self._client
 
     def _reset(self) -> None:

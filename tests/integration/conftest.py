@@ -59,11 +59,9 @@ def _empty_semantic_cache(config: Config) -> None:
     """Every run starts with an empty semantic cache: the verifier reads both questions, so the per-run
     nonce in a question does not keep it from matching the same question of an earlier run (the home, and
     Milvus' data in it, outlive runs)."""
-    from pymilvus import MilvusClient
+    from llm_serve.rag.milvus_server import connect, milvus_uri
 
-    from llm_serve.rag.milvus_server import milvus_uri
-
-    client = MilvusClient(uri=milvus_uri(config), timeout=30)
+    client = connect(milvus_uri(config), config.rag.milvus.token, 30)
     if client.has_collection(config.cache.semantic.collection):
         client.drop_collection(config.cache.semantic.collection)
     client.close()
