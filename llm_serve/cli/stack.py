@@ -41,6 +41,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         say(f"engine {model.id}: dtype {dtype} ({why}; {cpu.model}, {cpu.cores} cores)")
 
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    split = _split_cpus(config, address)
     os.environ.update(lc.ray_env(config))
     state = lc.RunState(
         ray_pid=0,
@@ -54,20 +55,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     try:
         milvus = None
-        if config.rag.milvus.uri is None:  # started first, waited for after Ray: the two start side by side
-            from llm_serve.rag.milvus_server import milvus_uri, spawn_lite, wait_lite
+        # Milvus and Ray inherit the serving CPUs from this process; engines bind their own (split.engine).
+        with _on_cpus(split.serving if split else None):
+            if config.rag.milvus.uri is None:  # started first, waited for after Ray: they start side by side
+                from llm_serve.rag.milvus_server import milvus_uri, spawn_lite, wait_lite
 
-            milvus_log = config.home_path / "logs" / "milvus-lite.log"
-            say(f"starting Milvus Lite at {milvus_uri(config)} (data in {config.home_path / 'milvus'})")
-            milvus = spawn_lite(config, milvus_log)
-            state.milvus_pid = milvus.pid
-            lc.write_state(config, state)
-        if address is None:
-            say(f"starting a private Ray (GCS 127.0.0.1:{config.ray.gcs_port}, temp dir {state.temp_dir})")
-            head = lc.start_head(config, config.home_path / "logs" / "ray-head.log")
-            state.ray_pid = head.pid
-            state.gcs_address = address = f"127.0.0.1:{config.ray.gcs_port}"
-            lc.write_state(config, state)
+                milvus_log = config.home_path / "logs" / "milvus-lite.log"
+                say(f"starting Milvus Lite at {milvus_uri(config)} (data in {config.home_path / 'milvus'})")
+                milvus = spawn_lite(config, milvus_log)
+                state.milvus_pid = milvus.pid
+                lc.write_state(config, state)
+            if address is None:
+                say(f"starting a private Ray (GCS 127.0.0.1:{config.ray.gcs_port}, temp dir {state.temp_dir})")
+                head = lc.start_head(config, config.home_path / "logs" / "ray-head.log")
+                state.ray_pid = head.pid
+                state.gcs_address = address = f"127.0.0.1:{config.ray.gcs_port}"
+                lc.write_state(config, state)
         if milvus is not None:
             wait_lite(config, milvus, milvus_log)
         state.url = deploy(config, address)
@@ -92,6 +95,47 @@ def cmd_up(args: argparse.Namespace) -> int:
     _stop_started(config, state)
     say("stopped")
     return 0
+
+
+def _split_cpus(config: Config, address: str | None) -> Any:
+    """The engine/serving CPU split for a local CPU stack (`ray.isolate_serving_cpus`), applied to the
+    config's engines; None where it does not apply. Said on the console either way when it was asked for."""
+    from llm_serve.engine.machine import cpu_split
+
+    if not config.ray.isolate_serving_cpus:
+        return None
+    engines = [m.engine for m in config.models]
+    if address is not None:
+        reason = "Ray is not started here"
+    elif not engines or any(e.accelerator != "cpu" for e in engines):
+        reason = "not every engine runs on CPU"
+    elif any(e.cpu_omp_threads_bind != "auto" for e in engines):
+        reason = "an engine sets cpu_omp_threads_bind"
+    elif any(e.tensor_parallel_size * e.pipeline_parallel_size != 1 for e in engines):
+        reason = "an engine has several workers"
+    else:
+        split, reason = cpu_split()
+        if split is not None:
+            for engine in engines:
+                engine.cpu_omp_threads_bind = split.engine_bind
+            say(f"CPUs: {reason} (ray.isolate_serving_cpus)")
+            return split
+    say(f"CPUs: not split ({reason})")
+    return None
+
+
+@contextlib.contextmanager
+def _on_cpus(cpus: tuple[int, ...] | None) -> Any:
+    """Run this process (and what it starts meanwhile, which inherits it) on `cpus`, then restore."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def _stop_started(config: Config, state: Any) -> list[int]:

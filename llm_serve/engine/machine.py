@@ -78,3 +78,46 @@ def choose_dtype(dtype: str, accelerator: str, cpu: CpuInfo | None = None) -> tu
     if not cpu.flags:
         return "float32", "CPU flags unknown: float32 is never emulated"
     return "float32", f"{cpu.vector_isa} CPU without native bf16: bf16 would be emulated (4.2x slower measured)"
+
+
+NUMA_NODES = Path("/sys/devices/system/node")
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    """Which CPUs the engine's OpenMP threads get and which the rest of the stack runs on."""
+
+    engine: tuple[int, ...]
+    serving: tuple[int, ...]
+
+    @property
+    def engine_bind(self) -> str:
+        """As VLLM_CPU_OMP_THREADS_BIND takes it."""
+        return ",".join(map(str, self.engine))
+
+
+def numa_nodes() -> int:
+    try:
+        return max(1, len([p for p in NUMA_NODES.iterdir() if p.name.startswith("node") and p.name[4:].isdigit()]))
+    except OSError:
+        return 1
+
+
+def cpu_split(allowed: list[int] | None = None, nodes: int | None = None) -> tuple[CpuSplit | None, str]:
+    """The split of this machine's CPUs between the engine and everything else, and why (or why not).
+
+    Why: vLLM's `auto` binding already leaves the last core to "other processes", but nothing keeps those
+    processes off the engine's core. On 2 cores the Serve proxy, the router, the state actor, the embedder,
+    Ray's own daemons and Milvus then preempt the engine's OpenMP thread mid-step. This is vLLM's own split
+    (engine on all but the last core, which stays free), made to hold: the serving processes are confined
+    to the last core. One NUMA node only: vLLM's auto binding picks a node per worker, which an explicit
+    list would override.
+    """
+    cpus = sorted(allowed if allowed is not None else os.sched_getaffinity(0))
+    nodes = numa_nodes() if nodes is None else nodes
+    if len(cpus) < 2:
+        return None, f"{len(cpus)} CPU: nothing to split"
+    if nodes > 1:
+        return None, f"{nodes} NUMA nodes: vLLM's own per-node binding is kept"
+    split = CpuSplit(engine=tuple(cpus[:-1]), serving=(cpus[-1],))
+    return split, f"engine on CPU {split.engine_bind}, the serving processes on CPU {split.serving[0]}"

@@ -32,3 +32,36 @@ def test_auto_is_the_default_and_this_machine_is_read() -> None:
     assert EngineConfig().dtype == "auto"
     info = cpu_info()
     assert info.cores >= 1 and info.model
+
+
+def test_cpu_split_keeps_the_last_core_for_the_serving_processes() -> None:
+    from llm_serve.engine.machine import cpu_split
+
+    split, _ = cpu_split([0, 1], nodes=1)
+    assert split is not None and split.engine == (0,) and split.serving == (1,) and split.engine_bind == "0"
+    split, _ = cpu_split([4, 5, 6, 7], nodes=1)
+    assert split.engine_bind == "4,5,6" and split.serving == (7,)
+    assert cpu_split([0], nodes=1)[0] is None
+    assert cpu_split(list(range(64)), nodes=2)[0] is None  # vLLM's per-node binding is kept
+
+
+def test_up_applies_the_split_only_to_a_local_cpu_stack(tmp_path, monkeypatch) -> None:
+    from llm_serve.cli import stack
+    from llm_serve.config import parse_config
+    from llm_serve.engine import machine
+
+    real = machine.cpu_split
+    monkeypatch.setattr(machine, "cpu_split", lambda: real([0, 1], nodes=1))
+    model = {"id": "m", "source": "smollm2-135m-instruct"}
+
+    def config(**engine):
+        return parse_config({"home": str(tmp_path), "models": [{**model, "engine": engine}]})
+
+    local = config()
+    assert stack._split_cpus(local, None).serving == (1,)
+    assert local.models[0].engine.cpu_omp_threads_bind == "0"  # the engine binds the other core itself
+    assert stack._split_cpus(config(), "127.0.0.1:6379") is None  # a cluster: its nodes are not ours
+    assert stack._split_cpus(config(cpu_omp_threads_bind="0-1"), None) is None  # the user's binding wins
+    assert stack._split_cpus(config(accelerator="gpu"), None) is None
+    off = parse_config({"home": str(tmp_path), "ray": {"isolate_serving_cpus": False}, "models": [model]})
+    assert stack._split_cpus(off, None) is None and off.models[0].engine.cpu_omp_threads_bind == "auto"
