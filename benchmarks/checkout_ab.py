@@ -41,13 +41,14 @@ from benchmarks.stack import BenchStack
 from benchmarks.workloads import build_workload
 import llm_serve
 
-label, rounds, concurrency, requests, max_tokens, dtype, out = sys.argv[1:8]
+label, rounds, concurrency, requests, max_tokens, dtype, out, engine = sys.argv[1:9]
 rounds, concurrency, requests, max_tokens = int(rounds), int(concurrency), int(requests), int(max_tokens)
 print(f"[{label}] llm_serve from {Path(llm_serve.__file__).parent}", file=sys.stderr, flush=True)
 
 def patch(data):
     if dtype != "default":
         data["models"][0]["engine"]["dtype"] = dtype
+    data["models"][0].setdefault("engine", {}).update(json.loads(engine))
 
 stack = BenchStack(bench_env(), patch)
 result = {"label": label, "llm_serve": str(Path(llm_serve.__file__).parent), "rounds": []}
@@ -100,7 +101,8 @@ def run_leg(label: str, tree: Path, args: argparse.Namespace) -> Path:
     RAW.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
     _say(f"leg {label}: {tree}")
-    argv = [label, args.rounds, args.concurrency, args.requests, args.max_tokens, args.dtype, out]
+    engine = dict(item.split("=", 1) for lab, _, item in (e.partition(":") for e in args.engine) if lab == label)
+    argv = [label, args.rounds, args.concurrency, args.requests, args.max_tokens, args.dtype, out, json.dumps(engine)]
     subprocess.run([sys.executable, "-c", LEG_CODE, *map(str, argv)], cwd=tree, env=env, check=True)
     return out
 
@@ -190,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         default="float32",
         help="engine dtype for every leg ('default': the config's); float32 "
         "because bf16 is emulated, and very slow, on CPUs without native bf16",
+    )
+    parser.add_argument(
+        "--engine",
+        action="append",
+        default=[],
+        metavar="LABEL:FIELD=VALUE",
+        help="an engine field (string) set for one label's legs, e.g. bind:cpu_omp_threads_bind=0-1",
     )
     args = parser.parse_args(argv)
     command = "python benchmarks/checkout_ab.py " + " ".join(argv if argv is not None else sys.argv[1:])
