@@ -113,6 +113,10 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = torch.device("cuda", ctx.get_local_rank()) if cfg.scaling.use_gpu else torch.device("cpu")
     if not cfg.scaling.use_gpu:
+        # A local `llm-serve up` confines Ray's processes to its serving core (ray.isolate_serving_cpus);
+        # training is not serving: it gets every core of the machine back.
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
         # Ray pins OMP_NUM_THREADS to the worker's CPU reservation (1); share the cores instead.
         torch.set_num_threads(cfg.scaling.torch_threads or max(1, (os.cpu_count() or 1) // world))
     random.seed(cfg.seed)
