@@ -199,6 +199,13 @@ class EngineConfig(Strict):
     cpu_omp_threads_bind: str = Field(
         "auto", description="VLLM_CPU_OMP_THREADS_BIND on CPU; 'auto' measured fastest on 2 cores."
     )
+    cpu_affinity: str | None = Field(
+        None,
+        pattern=r"^\d+(,\d+)*$",
+        description="CPUs (comma list) the engine replica's processes run on, set at the replica's start; None "
+        "inherits Ray's. `up` sets every CPU when it confines the rest of the stack to one core "
+        "(ray.isolate_serving_cpus), so the engine's start and its non-OpenMP threads are not squeezed there.",
+    )
     request_router: Literal["pow2", "prefix_aware"] = Field(
         "prefix_aware",
         description="How the router picks a replica in this pool: Serve's power-of-two-choices, or Ray Serve "

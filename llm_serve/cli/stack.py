@@ -118,6 +118,7 @@ def _split_cpus(config: Config, address: str | None) -> Any:
         if split is not None:
             for engine in engines:
                 engine.cpu_omp_threads_bind = split.engine_bind
+                engine.cpu_affinity = ",".join(map(str, split.engine + split.serving))
             say(f"CPUs: {reason} (ray.isolate_serving_cpus)")
             return split
     say(f"CPUs: not split ({reason})")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,26 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ray import serve
 
 from llm_serve.adapters import AdapterRegistry
+from llm_serve.engine.pool import ENGINE_CPUS_ENV
 from llm_serve.engine.ray_llm import DiskMultiplexConfig, LLMServer
 from llm_serve.sse import FINISH_MARK, USAGE_MARK, event_payload, finish_reasons
 from llm_serve.telemetry import genai, tracing
+
+
+def _run_on_engine_cpus() -> None:
+    """Move this replica process onto the CPUs its config names (EngineConfig.cpu_affinity).
+
+    At import, because the replica imports this module first and vLLM's own imports and the engine-core
+    process it spawns (which inherits the mask) come after; a no-op where the variable is not set (the
+    driver that builds the application imports this module too).
+    """
+    cpus = os.environ.get(ENGINE_CPUS_ENV)
+    if cpus and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError, ValueError):
+            os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
+_run_on_engine_cpus()
 
 REGISTRY_KEY = "llm_serve_adapter_registry"
 CACHE_KEY = "llm_serve_adapter_cache"

@@ -16,6 +16,8 @@ from llm_serve.config import AutoscalingConfig, EngineConfig, ModelConfig
 from llm_serve.engine.machine import choose_dtype
 from llm_serve.engine.start_phase import PHASE_FILE_ENV
 
+ENGINE_CPUS_ENV = "LLM_SERVE_ENGINE_CPUS"
+
 OFFLINE_ENV = {
     # No model hub is reachable on the machines we target: without these vLLM and transformers wait
     # ~40 s on the unreachable hub at start-up.
@@ -86,6 +88,8 @@ def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
     }
     if engine.compile_cache:
         env["VLLM_USE_AOT_COMPILE"] = "0"  # see EngineConfig.compile_cache
+    if engine.cpu_affinity is not None:
+        env[ENGINE_CPUS_ENV] = engine.cpu_affinity  # applied by engine/lora_server.py in the replica
     return env
 
 

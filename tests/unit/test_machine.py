@@ -60,6 +60,10 @@ def test_up_applies_the_split_only_to_a_local_cpu_stack(tmp_path, monkeypatch) -
     local = config()
     assert stack._split_cpus(local, None).serving == (1,)
     assert local.models[0].engine.cpu_omp_threads_bind == "0"  # the engine binds the other core itself
+    assert local.models[0].engine.cpu_affinity == "0,1"  # and its processes are not confined with the rest
+    from llm_serve.engine.pool import ENGINE_CPUS_ENV, engine_env
+
+    assert engine_env(local.models[0])[ENGINE_CPUS_ENV] == "0,1"
     assert stack._split_cpus(config(), "127.0.0.1:6379") is None  # a cluster: its nodes are not ours
     assert stack._split_cpus(config(cpu_omp_threads_bind="0-1"), None) is None  # the user's binding wins
     assert stack._split_cpus(config(accelerator="gpu"), None) is None
