@@ -78,11 +78,13 @@ class RayConfig(Strict):
         8390, ge=1024, le=65535, description="Where the local node serves Prometheus metrics (/metrics)."
     )
     isolate_serving_cpus: bool = Field(
-        True,
+        False,
         description="On a local CPU stack, run Ray's processes (proxy, router, state, embedder) and Milvus Lite "
-        "on the last core and bind the engine to the others, so the serving path stops preempting the engine's "
-        "OpenMP threads. Applies when every engine is on CPU with `cpu_omp_threads_bind: auto`, on one NUMA "
-        "node with at least 2 cores (llm_serve/engine/machine.py, `cpu_split`).",
+        "on the last core and bind the engine to the others. Off by default: on 2 cores the serving path needs "
+        "more than one core at 16 clients and llm-serve made 0.71x with it (6 interleaved rounds each; "
+        "benchmarks/results/"
+        "serving-cpus-ab.json). Applies when every engine is on CPU with `cpu_omp_threads_bind: auto`, on one "
+        "NUMA node with at least 2 cores (llm_serve/engine/machine.py, `cpu_split`).",
     )
 
 

@@ -55,7 +55,8 @@ def test_up_applies_the_split_only_to_a_local_cpu_stack(tmp_path, monkeypatch) -
     model = {"id": "m", "source": "smollm2-135m-instruct"}
 
     def config(**engine):
-        return parse_config({"home": str(tmp_path), "models": [{**model, "engine": engine}]})
+        ray = {"isolate_serving_cpus": True}
+        return parse_config({"home": str(tmp_path), "ray": ray, "models": [{**model, "engine": engine}]})
 
     local = config()
     assert stack._split_cpus(local, None).serving == (1,)
