@@ -236,7 +236,7 @@ def build_report(
     report = {
         "scenario": SCENARIO,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {**machine(), "vector_isa": cpu.vector_isa, "native_bf16": cpu.native_bf16},
+        "machine": machine(),
         "command": command,
         "runs": args.rounds,
         "metrics": metrics,

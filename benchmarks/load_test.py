@@ -321,7 +321,7 @@ def build_report(results: dict[str, list[dict[str, Any]]], args: argparse.Namesp
     return {
         "scenario": SCENARIO,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {**machine(), **cpu_fields()},
+        "machine": machine(),
         "command": command,
         "runs": args.rounds,
         "metrics": metrics,
@@ -345,15 +345,8 @@ def build_report(results: dict[str, list[dict[str, Any]]], args: argparse.Namesp
     }
 
 
-def cpu_fields() -> dict[str, Any]:
-    from llm_serve.engine.machine import cpu_info
-
-    cpu = cpu_info()
-    return {"vector_isa": cpu.vector_isa, "native_bf16": cpu.native_bf16}
-
-
 def cpu_has_native_bf16() -> bool:
-    return cpu_fields()["native_bf16"] is not None
+    return machine()["native_bf16"] is not None
 
 
 def plot(results: dict[str, list[dict[str, Any]]], levels: list[int], out: Path) -> None:

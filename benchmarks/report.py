@@ -25,7 +25,17 @@ def machine() -> dict[str, Any]:
         )
     except (OSError, StopIteration, ValueError):
         mem_kb = 0
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024), "gpu": None}
+    from llm_serve.engine.machine import cpu_info
+
+    info = cpu_info()  # the ISA and native bf16 decide the engine's dtype: figures need them beside them
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024),
+        "gpu": None,
+        "vector_isa": info.vector_isa,
+        "native_bf16": info.native_bf16,
+    }
 
 
 def percentile(values: list[float], q: float) -> float | None:

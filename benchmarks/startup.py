@@ -29,7 +29,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import BENCH_CONFIG, RESULTS, machine, metric, write_report  # noqa: E402
 from benchmarks.servers import first_answer  # noqa: E402
 from llm_serve.config import load_config  # noqa: E402
-from llm_serve.engine.machine import cpu_info  # noqa: E402
 
 SCENARIO = "startup"
 # The targets of issue 15: seconds from `up` to the first answer.
@@ -108,11 +107,10 @@ def main(argv: list[str] | None = None) -> int:
                 "met": median <= TARGETS[kind],
             }
         )
-    cpu = cpu_info()
     report = {
         "scenario": SCENARIO,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {**machine(), "vector_isa": cpu.vector_isa, "native_bf16": cpu.native_bf16},
+        "machine": machine(),
         "command": "python benchmarks/startup.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "runs": args.rounds,
         "metrics": metrics,
