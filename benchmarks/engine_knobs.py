@@ -155,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=DEFAULT_SETTINGS)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--baseline", choices=sorted(SETTINGS), default=BASELINE, help="the setting ratios are to")
+    parser.add_argument(
+        "--scenario",
+        default=SCENARIO,
+        help="name of the result (e.g. engine-knobs-avx2), so a run on another CPU keeps the last one's",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = str(resolve_model_source(config.models[0].source, config.home_path, pull=True))
     command = "python benchmarks/engine_knobs.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report_only:
-        last = json.loads((RESULTS / f"{SCENARIO}.json").read_text())
+        last = json.loads((RESULTS / f"{args.scenario}.json").read_text())
         runs, command = last["raw"], last["command"]
         roof = last["roofline"] if "bandwidth_1core_gb_s" in last["roofline"] else roofline(model_dir)
         args.rounds, args.settings = last["runs"], list(runs)
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[name].append(measure(name, model_dir, args.max_tokens))
     report, medians, spread = build_report(runs, roof, args, command)
     write_report(report)
-    plot(medians, spread, RESULTS / f"{SCENARIO}.png")
+    plot(medians, spread, RESULTS / f"{args.scenario}.png")
     print(report["notes"])
     return 0
 
@@ -201,13 +207,14 @@ def build_report(
         medians[name]["c1_decode"] = statistics.median(1000 / x["c1"]["tpot_ms_p50"] for x in rs)
         medians[name]["ready_s"] = statistics.median(x["ready_s"] for x in rs)
         medians[name]["ready_s_first"] = rs[0]["ready_s"]
-    base = medians.get(BASELINE)
+    baseline = getattr(args, "baseline", BASELINE)
+    base = medians.get(baseline)
     metrics: dict[str, Any] = {}
     for name, m in medians.items():
         for level in ("c1", "c16"):
-            ref = base[level] if base and name != BASELINE else None
+            ref = base[level] if base and name != baseline else None
             metrics[f"output_tokens_per_s@{level}/{name}"] = metric(
-                m[level], "tok/s", True, BASELINE if ref else None, ref
+                m[level], "tok/s", True, baseline if ref else None, ref
             )
             metrics[f"ttft_p50_ms@{level}/{name}"] = metric(m[f"{level}_ttft"], "ms", False)
         metrics[f"ready_s/{name}"] = metric(m["ready_s"], "s", False)
@@ -234,7 +241,7 @@ def build_report(
     chosen, why = choose_dtype("auto", "cpu", cpu)
     best = max(medians, key=lambda n: medians[n]["c16"])
     report = {
-        "scenario": SCENARIO,
+        "scenario": args.scenario,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "command": command,
