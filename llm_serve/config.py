@@ -208,6 +208,15 @@ class EngineConfig(Strict):
         "inherits Ray's. `up` sets every CPU when it confines the rest of the stack to one core "
         "(ray.isolate_serving_cpus), so the engine's start and its non-OpenMP threads are not squeezed there.",
     )
+    cpu_nice: int | None = Field(
+        None,
+        ge=-20,
+        le=19,
+        description="Niceness of the engine replica's threads on CPU (Ray starts its workers at 15, the engine "
+        "among them): lower lets the engine's OpenMP threads preempt the proxy, router and embedder rather than "
+        "wait for them. Going below the current value needs CAP_SYS_NICE; without it the replica logs a warning "
+        "and keeps Ray's. None leaves Ray's.",
+    )
     request_router: Literal["pow2", "prefix_aware"] = Field(
         "prefix_aware",
         description="How the router picks a replica in this pool: Serve's power-of-two-choices, or Ray Serve "

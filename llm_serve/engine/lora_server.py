@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,10 +22,12 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ray import serve
 
 from llm_serve.adapters import AdapterRegistry
-from llm_serve.engine.pool import ENGINE_CPUS_ENV
+from llm_serve.engine.pool import ENGINE_CPUS_ENV, ENGINE_NICE_ENV
 from llm_serve.engine.ray_llm import DiskMultiplexConfig, LLMServer
 from llm_serve.sse import FINISH_MARK, USAGE_MARK, event_payload, finish_reasons
 from llm_serve.telemetry import genai, tracing
+
+logger = logging.getLogger(__name__)
 
 
 def _run_on_engine_cpus() -> None:
@@ -40,7 +43,38 @@ def _run_on_engine_cpus() -> None:
             os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 
 
+def set_process_nice(nice: int, tasks: Path = Path("/proc/self/task")) -> int:
+    """Give every thread of this process the niceness `nice`; the number of threads changed.
+
+    Why every thread: on Linux niceness belongs to a thread, and a new thread takes its creator's. The replica
+    already runs Ray's threads and its event loop when this module is imported, and vLLM's engine and the
+    OpenMP threads it starts come from those, so setting the calling thread alone would miss them.
+    """
+    changed = 0
+    for task in tasks.iterdir():
+        with contextlib.suppress(ProcessLookupError, ValueError):  # a thread that has just ended
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+            changed += 1
+    return changed
+
+
+def _run_at_engine_nice() -> None:
+    """EngineConfig.cpu_nice, applied at import for the reason `_run_on_engine_cpus` gives."""
+    value = os.environ.get(ENGINE_NICE_ENV)
+    if not value or not hasattr(os, "setpriority"):
+        return
+    try:
+        set_process_nice(int(value))
+    except PermissionError:
+        logger.warning(
+            "engine.cpu_nice %s needs CAP_SYS_NICE, which this process lacks; keeping niceness %d",
+            value,
+            os.getpriority(os.PRIO_PROCESS, 0),
+        )
+
+
 _run_on_engine_cpus()
+_run_at_engine_nice()
 
 REGISTRY_KEY = "llm_serve_adapter_registry"
 CACHE_KEY = "llm_serve_adapter_cache"

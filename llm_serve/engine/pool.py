@@ -17,6 +17,7 @@ from llm_serve.engine.machine import choose_dtype
 from llm_serve.engine.start_phase import PHASE_FILE_ENV
 
 ENGINE_CPUS_ENV = "LLM_SERVE_ENGINE_CPUS"
+ENGINE_NICE_ENV = "LLM_SERVE_ENGINE_NICE"
 
 OFFLINE_ENV = {
     # No model hub is reachable on the machines we target: without these vLLM and transformers wait
@@ -90,6 +91,8 @@ def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
         env["VLLM_USE_AOT_COMPILE"] = "0"  # see EngineConfig.compile_cache
     if engine.cpu_affinity is not None:
         env[ENGINE_CPUS_ENV] = engine.cpu_affinity  # applied by engine/lora_server.py in the replica
+    if engine.cpu_nice is not None:
+        env[ENGINE_NICE_ENV] = str(engine.cpu_nice)  # likewise
     return env
 
 

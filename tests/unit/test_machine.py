@@ -70,3 +70,34 @@ def test_up_applies_the_split_only_to_a_local_cpu_stack(tmp_path, monkeypatch) -
     assert stack._split_cpus(config(accelerator="gpu"), None) is None
     off = parse_config({"home": str(tmp_path), "ray": {"isolate_serving_cpus": False}, "models": [model]})
     assert stack._split_cpus(off, None) is None and off.models[0].engine.cpu_omp_threads_bind == "auto"
+
+
+NICE_CHILD = """
+import os, threading
+from llm_serve.engine.lora_server import set_process_nice
+started, done = threading.Event(), threading.Event()
+early = threading.Thread(target=lambda: (started.set(), done.wait()))
+early.start(); started.wait()
+target = min(os.getpriority(os.PRIO_PROCESS, 0) + 1, 19)  # raising niceness needs no privilege
+changed = set_process_nice(target)
+seen = {}
+late = threading.Thread(target=lambda: seen.update(late=os.getpriority(os.PRIO_PROCESS, 0)))
+late.start(); late.join()
+print(changed, target, os.getpriority(os.PRIO_PROCESS, early.native_id), seen["late"])
+done.set(); early.join()
+"""
+
+
+def test_engine_nice_travels_to_the_replica_and_reaches_every_thread() -> None:
+    import subprocess
+    import sys
+
+    from llm_serve.engine.pool import ENGINE_NICE_ENV, cpu_engine_env
+
+    assert ENGINE_NICE_ENV not in cpu_engine_env(EngineConfig())  # Ray's niceness unless asked
+    assert cpu_engine_env(EngineConfig(cpu_nice=0))[ENGINE_NICE_ENV] == "0"
+    # In a child process: niceness raised here would stay raised for the rest of the suite.
+    out = subprocess.run([sys.executable, "-c", NICE_CHILD], capture_output=True, text=True, check=True).stdout
+    changed, target, early, late = map(int, out.split())
+    assert changed >= 2  # the main thread and one that was already running
+    assert early == target and late == target  # a running thread changed, a new one inherits
