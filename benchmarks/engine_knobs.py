@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         runs, command = last["raw"], last["command"]
         roof = last["roofline"] if "bandwidth_1core_gb_s" in last["roofline"] else roofline(model_dir)
         args.rounds, args.settings = last["runs"], list(runs)
+        args.baseline = last.get("baseline", args.baseline)
     else:
         roof = roofline(model_dir)
         runs = {n: [] for n in args.settings}
@@ -243,6 +244,7 @@ def build_report(
         "machine": machine(),
         "command": command,
         "runs": args.rounds,
+        "baseline": baseline,
         "metrics": metrics,
         "roofline": roof,
         "spread": {n: {lv: list(v) for lv, v in s.items()} for n, s in spread.items()},
