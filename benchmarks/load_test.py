@@ -411,6 +411,40 @@ def print_table(report: dict[str, Any]) -> None:
         print(f"  {t['target']:70} {t['load']:28} {measured:>9} met: {t['met']}")
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The tables docs/benchmarks.md and README quote, from the report alone (so they can be regenerated)."""
+    m, spread = report["metrics"], report["spread"]
+    scenarios = [k.split("@", 1)[1].split("/", 1)[0] for k in m if k.startswith("output_tokens_per_s@")]
+    scenarios = list(dict.fromkeys(s for s in scenarios if f"output_tokens_per_s@{s}/vs-{FAIR_BASELINE}" in m))
+
+    def rng(server: str, scenario: str, key: str) -> str:
+        low, high = spread[server][scenario][key]
+        return f"{low:.1f}-{high:.1f}"
+
+    rows = [
+        f"| load | llm-serve tok/s | {FAIR_BASELINE} tok/s | ratio | TTFT p50 llm-serve / {FAIR_BASELINE} (ms) "
+        "| added (target <= 15 ms) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for sc in scenarios:
+        tput = m[f"output_tokens_per_s@{sc}/vs-{FAIR_BASELINE}"]
+        ttft = m[f"ttft_p50_ms@{sc}/vs-{FAIR_BASELINE}"]
+        added = m[f"ttft_p50_ms_added@{sc}/vs-{FAIR_BASELINE}"]["value"]
+        verdict = "met" if added <= TTFT_TARGET_MS else "not met"
+        rows.append(
+            f"| {sc} | {tput['value']:.1f} ({rng(OURS, sc, 'output_tokens_per_s')}) | {tput['baseline_value']:.1f} "
+            f"({rng(FAIR_BASELINE, sc, 'output_tokens_per_s')}) | {tput['ratio']:.2f} "
+            f"| {ttft['value']:.0f} / {ttft['baseline_value']:.0f} | {added:+.0f} {verdict} |"
+        )
+    for key in (k for k in m if "/vs-" in k and "/vs-" + FAIR_BASELINE not in k and k.startswith("output_tokens")):
+        scenario, baseline = key.split("@", 1)[1].split("/vs-")
+        rows.append(
+            f"| {scenario} against {baseline} | {m[key]['value']:.1f} | {baseline}: {m[key]['baseline_value']:.1f} "
+            f"| {m[key]['ratio']:.2f} | | |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", nargs="+", choices=sorted(SERVERS), default=list(SERVERS))
@@ -429,7 +463,11 @@ def main(argv: list[str] | None = None) -> int:
         "run bf16, 4x slower on a CPU without native bf16, and every load would triple the run",
     )
     parser.add_argument("--goodput", nargs="*", default=["ttft:2000", "tpot:100"], help="SLOs in ms")
+    parser.add_argument("--markdown", action="store_true", help="print the last report's tables and exit")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads((RESULTS / f"{SCENARIO}.json").read_text())))
+        return 0
     from benchmarks.loadgen import parse_slos
 
     args.slos = parse_slos(args.goodput)

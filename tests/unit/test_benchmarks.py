@@ -63,3 +63,17 @@ def test_load_test_reports_medians_over_rounds_and_states_each_target() -> None:
     ttft_target = next(t for t in report["targets"] if t["target"].startswith("TTFT"))
     assert ttft_target["met"] is True and ttft_target["load"] == "c16"
     assert "c16" in report["spread"]["llm-serve"]
+
+
+def test_load_test_markdown_quotes_the_report() -> None:
+    from benchmarks.load_test import markdown
+
+    results = {
+        "llm-serve": [_run(100, 210, 60), _run(90, 230, 40), _run(120, 200, 50)],
+        "vllm-same-args": [_run(95, 200, 30), _run(100, 190, 31), _run(105, 205, 29)],
+        "vllm-default": [_run(20, 900, 30), _run(19, 950, 30), _run(21, 990, 30)],
+    }
+    args = argparse.Namespace(rounds=3, orders=[["a"], ["b"], ["c"]], max_tokens=64, rate_requests=48, rate=2.0)
+    table = markdown(build_report(results, args, "cmd"))
+    assert "| c16 | 100.0 (90.0-120.0) | 100.0 (95.0-105.0) | 1.00 | 210 / 200 | +10 met |" in table
+    assert "| c16 against vllm-default | 100.0 | vllm-default: 20.0 | 5.00 | | |" in table
