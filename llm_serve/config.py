@@ -291,6 +291,53 @@ class AutoscalingConfig(Strict):
         return self
 
 
+BUNDLED_CHAT_TEMPLATES = Path(__file__).parent / "engine" / "chat_templates"
+
+
+class ToolCallingConfig(Strict):
+    """How a model's pool parses tool calls (`tools` with `tool_choice` `auto`).
+
+    `required` and a named function work without a parser (vLLM constrains the output to the tools' JSON
+    schema); `auto` needs one, because only the model decides whether to call, and the parser must match the
+    format the chat template teaches the model.
+    """
+
+    parser: str | None = Field(
+        None,
+        description="vLLM tool-call parser (`hermes`, `llama3_json`, `mistral`, `pythonic`, ...); None: `tool_choice: "
+        "auto` is refused with a 400, as by vLLM without --tool-call-parser.",
+    )
+    chat_template: str | None = Field(
+        None,
+        description="A Jinja chat template that renders `tools` in the parser's format: a file path, or a template "
+        "bundled with llm-serve by name (`chatml-tools`: ChatML in the Hermes format, for SmolLM2 and other "
+        "ChatML models). None: the model's own template.",
+    )
+
+    strict_level: Literal["auto", "function", "parameter"] = Field(
+        "auto",
+        description="vLLM's --tool-strict-level: `auto` constrains a call's arguments to its schema only for tools "
+        "marked `strict: true`; `function` constrains the call envelope of every request with tools; `parameter` "
+        "also pins every tool's argument schema. A small model needs `parameter`: SmolLM2-135M made no parseable "
+        "call with `required` without it (benchmarks/tool_calls.py).",
+    )
+
+    def template_path(self) -> str | None:
+        """The template as a file vLLM can load (a bundled name resolved to its path)."""
+        if self.chat_template is None:
+            return None
+        bundled = BUNDLED_CHAT_TEMPLATES / f"{self.chat_template.replace('-', '_')}.jinja"
+        return str(bundled) if bundled.is_file() else str(Path(self.chat_template).expanduser())
+
+    @model_validator(mode="after")
+    def _template_exists(self) -> ToolCallingConfig:
+        path = self.template_path()
+        if path is not None and not Path(path).is_file():
+            bundled = sorted(p.stem.replace("_", "-") for p in BUNDLED_CHAT_TEMPLATES.glob("*.jinja"))
+            raise ValueError(f"chat_template {self.chat_template!r} is neither a file nor one of {bundled}")
+        return self
+
+
 class ModelConfig(Strict):
     """One served model: an id clients name, where its weights come from, and its engine pool."""
 
@@ -307,6 +354,7 @@ class ModelConfig(Strict):
     )
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per engine replica (CPU accelerator only).")
     lora: LoraServingConfig = Field(default_factory=LoraServingConfig)
+    tools: ToolCallingConfig = Field(default_factory=ToolCallingConfig)
     price: Price = Field(default_factory=Price, description="Per-token price of this model.")
     adapter_prices: dict[str, Price] = Field(
         default_factory=dict, description="Prices of LoRA adapters on this model by adapter name (default: price)."

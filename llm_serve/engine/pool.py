@@ -68,6 +68,13 @@ def engine_kwargs(model: ModelConfig) -> dict[str, Any]:
         kwargs["max_num_batched_tokens"] = engine.max_num_batched_tokens
     if model.lora.enabled:
         kwargs.update(enable_lora=True, max_loras=model.lora.max_loras, max_lora_rank=model.lora.max_lora_rank)
+    if model.tools.parser is not None:
+        kwargs.update(enable_auto_tool_choice=True, tool_call_parser=model.tools.parser)
+    if model.tools.strict_level != "auto":
+        kwargs["tool_strict_level"] = model.tools.strict_level
+    template = model.tools.template_path()
+    if template is not None:
+        kwargs["chat_template"] = template  # Ray Serve LLM hands FrontendArgs fields to vLLM's chat serving
     kwargs.update(engine.extra_engine_args)
     return kwargs
 
