@@ -562,6 +562,33 @@ class LedgerConfig(Strict):
     )
 
 
+class ResponsesConfig(Strict):
+    """The Responses API's stored responses (`store: true`), which `previous_response_id` continues from."""
+
+    enabled: bool = Field(True, description="Serve /v1/responses.")
+    store_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the response store; None: the ledger's database (SQLite at "
+        "<home>/ledger.sqlite), which every router replica on the node reads. With router replicas on several "
+        "nodes use a shared database, as for the ledger.",
+    )
+    ttl_s: float = Field(30 * 86400.0, gt=0, description="Seconds a stored response can be read or continued from.")
+    max_stored_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="A response whose conversation is larger than this is not stored."
+    )
+
+
+class AnthropicConfig(Strict):
+    """The Anthropic Messages API (`/v1/messages`)."""
+
+    enabled: bool = Field(True, description="Serve /v1/messages and /v1/messages/count_tokens.")
+    require_version: bool = Field(
+        False,
+        description="Refuse requests without an `anthropic-version` header, as Anthropic does; off: curl without "
+        "it works, and a malformed version is refused either way.",
+    )
+
+
 class ExactCacheConfig(Strict):
     """Answers reused for byte-identical requests (after canonicalisation)."""
 
@@ -768,6 +795,8 @@ class Config(Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: RequestLimits = Field(default_factory=_default_limits, description="Caps on every request.")
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)

@@ -25,6 +25,8 @@ from llm_serve.rag.milvus_server import milvus_uri
 from llm_serve.rag.retriever import Retriever
 from llm_serve.router.adapter_catalog import AdapterCatalog
 from llm_serve.router.admin import AdminRoutes
+from llm_serve.router.apis.anthropic_route import MessagesRoute
+from llm_serve.router.apis.responses_route import ResponsesRoute
 from llm_serve.router.auth import KeyRing
 from llm_serve.router.body_limit import BodySizeLimit
 from llm_serve.router.coalesce import Coalescer
@@ -88,15 +90,18 @@ class Router:
         metrics = ServingMetrics(config.telemetry.metrics)
         self.observer = Observer(metrics, GroundednessMonitor(config.telemetry.groundedness, metrics))
         self.settle = Settler(config, self.state, self.observer)
-        admit = Admit(config, self.state, PromptTokens(model_sources or {}, config.router.prompt_overhead_tokens))
+        templates = {m.id: path for m in config.models if (path := m.tools.template_path()) is not None}
+        prompt_tokens = PromptTokens(model_sources or {}, config.router.prompt_overhead_tokens, templates)
+        admit = Admit(config, self.state, prompt_tokens)
         cache = Cache(config, self.state, self._semantic_cache(), self.observer)
         rag_prompt = PromptTemplate.from_dict(prompts["rag"]) if prompts.get("rag") else None
         registry = PromptRegistry.from_dict(prompts["registry"]) if prompts.get("registry") else None
+        resolve = Resolve(config, self.adapters)
         # The order of the generation path, and why, is written in pipeline.py's docstring.
         self.pipeline = GenerationPipeline(
             [
                 ("parse", Parse()),
-                ("resolve", Resolve(config, self.adapters)),
+                ("resolve", resolve),
                 ("render_prompt", RenderPrompt(registry)),
                 ("validate", Validate()),
                 ("limits", Limits(config)),
@@ -117,6 +122,8 @@ class Router:
         )
         self.model_cards = ModelCards(config, embedders, self.adapters, self.keys)
         self.admin = AdminRoutes(config, self.keys, self.state, self.coalescer)
+        self.responses = ResponsesRoute(config, self.pipeline, self.keys)
+        self.messages = MessagesRoute(config, self.pipeline, self.keys, resolve, prompt_tokens)
 
     def _semantic_cache(self) -> SemanticCache | None:
         semantic = self.config.cache.semantic
@@ -142,6 +149,10 @@ class Router:
         app.add_api_route("/v1/chat/completions", self.chat_completions, methods=["POST"])
         app.add_api_route("/v1/completions", self.completions, methods=["POST"])
         app.add_api_route("/v1/embeddings", self.embeddings_route.handle, methods=["POST"])
+        if self.config.responses.enabled:
+            self.responses.install(app)
+        if self.config.anthropic.enabled:
+            self.messages.install(app)
         self.admin.install(app)
         install_request_schemas(app)
         return app

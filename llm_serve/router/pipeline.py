@@ -29,11 +29,12 @@ of the list below is the order of the path. This is the one place it is written.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llm_serve.router.auth import KeyRing
+from llm_serve.router.auth import Caller, KeyRing
 from llm_serve.router.context import RequestContext
 from llm_serve.router.observe import Observer
 from llm_serve.router.stages.parse import read_json
@@ -41,6 +42,7 @@ from llm_serve.router.stages.settle import Settler, settled
 from llm_serve.telemetry import genai, tracing
 
 Stage = Callable[[RequestContext], Awaitable[Response | None]]
+Translate = Callable[[dict[str, Any], Caller], Awaitable[dict[str, Any]]]
 
 
 class GenerationPipeline:
@@ -65,13 +67,20 @@ class GenerationPipeline:
     def order(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.stages)
 
-    async def handle(self, request: Request, route: str) -> Response:
+    async def handle(
+        self, request: Request, route: str, *, api: str = "openai", translate: Translate | None = None
+    ) -> Response:
+        """Answer one request. An API adapter (Responses, Anthropic) passes `translate`, which turns its
+        body into a chat request for this caller before any stage runs, and names itself as `api`."""
         self.observer.check_capacity(self.max_inflight)  # overload is refused before any work
         with tracing.tracer().start_as_current_span("llm_serve.auth") as auth_span:
             caller = self.keys.caller(request.headers)
             auth_span.set_attribute("llm_serve.key", caller.name)
         data = await read_json(request, self.max_body_bytes)
+        if translate is not None:
+            data = await translate(data, caller)
         ctx = RequestContext.start(route, caller, request.headers, data)
+        ctx.row.api = api
         # Only a recording tracer reads the attributes: with tracing off, none are built per request.
         self.observer.begin(ctx, genai.request_attributes(route, data) if tracing.enabled() else {})
         return await self.run(ctx)

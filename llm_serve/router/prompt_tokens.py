@@ -3,7 +3,9 @@
 A reservation must not be smaller than what the request will cost, or concurrent requests can
 overspend a budget. The exact count is the pool's own tokenizer and chat template, which the router
 loads from the model's local directory (the bundled model and local directories; a hub id too when
-the router's node can reach the hub). vLLM renders the same template, so the count matches the
+the router's node can reach the hub), and the chat template the pool is configured with
+(`models[].tools.chat_template`, which renders the `tools` block the model's own may leave out).
+vLLM renders the same template, so the count matches the
 engine's `usage.prompt_tokens` up to special tokens, which `MARGIN` covers. Where no tokenizer
 loads, the bound is the prompt's UTF-8 bytes (a byte-level BPE token covers at least one byte) plus
 `router.prompt_overhead_tokens` for the template. Counting runs in a thread: the tokenizer is Rust
@@ -24,9 +26,11 @@ MARGIN = 8  # special tokens the engine may add around the rendered template
 
 
 class PromptTokens:
-    def __init__(self, sources: dict[str, str], overhead_tokens: int) -> None:
+    def __init__(self, sources: dict[str, str], overhead_tokens: int, templates: dict[str, str] | None = None) -> None:
         self.sources = sources  # model id -> a local model directory or a hub id
         self.overhead_tokens = overhead_tokens
+        self.templates = templates or {}  # model id -> the chat template file its pool renders with
+        self._template_text: dict[str, str] = {}
         self._tokenizers: dict[str, Any] = {}
         self._failed: set[str] = set()
         self._lock = threading.Lock()
@@ -35,10 +39,20 @@ class PromptTokens:
         tokenizer = await asyncio.to_thread(self._tokenizer, model_id)
         if tokenizer is not None:
             try:
-                return await asyncio.to_thread(_exact, tokenizer, route, body) + MARGIN
+                template = self._template(model_id)
+                return await asyncio.to_thread(_exact, tokenizer, route, body, template) + MARGIN
             except Exception as exc:  # an unusual message shape: the bound still holds
                 logger.debug("could not tokenize a %s prompt for %s: %s", route, model_id, exc)
         return bound(route, body, self.overhead_tokens)
+
+    def _template(self, model_id: str) -> str | None:
+        path = self.templates.get(model_id)
+        if path is None:
+            return None
+        if path not in self._template_text:
+            with open(path, encoding="utf-8") as fh:
+                self._template_text[path] = fh.read()
+        return self._template_text[path]
 
     def _tokenizer(self, model_id: str) -> Any:
         if model_id in self._tokenizers or model_id in self._failed or model_id not in self.sources:
@@ -72,11 +86,13 @@ def _text(content: Any) -> str:
     return "" if content is None else json.dumps(content, default=str)
 
 
-def _exact(tokenizer: Any, route: str, body: Any) -> int:
+def _exact(tokenizer: Any, route: str, body: Any, template: str | None = None) -> int:
     if route == "chat":
         messages = [{**m, "content": _text(m.get("content"))} for m in body.messages]
         tools = [_plain(t) for t in body.tools] if body.tools else None
-        encoded = tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
+        encoded = tokenizer.apply_chat_template(
+            messages, tools=tools, chat_template=template, add_generation_prompt=True, tokenize=True
+        )
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return len(ids)
     return sum(len(ids) if isinstance(ids, list) else len(tokenizer.encode(ids)) for ids in _prompts(body.prompt))

@@ -89,3 +89,27 @@ def test_tools_calls_and_results_render_in_hermes_format() -> None:
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
     assert "<|im_start|>user\n<tool_response>\n18 C, sunny\n</tool_response><|im_end|>\n" in text
     assert text.endswith("<|im_start|>assistant\n")
+
+
+class _CharTokenizer:
+    """One token per character of the rendered template: enough to see which template was rendered."""
+
+    def apply_chat_template(self, messages, tools=None, chat_template=None, **_: object) -> list[int]:
+        text = _render(chat_template or SMOLLM2_TEMPLATE, messages=messages, tools=tools, add_generation_prompt=True)
+        return [0] * len(text)
+
+
+def test_reservation_counts_the_tools_block_of_the_configured_template() -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from llm_serve.router.prompt_tokens import PromptTokens
+
+    body = SimpleNamespace(messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER])
+    own = PromptTokens({"m": "/m"}, 0)
+    configured = PromptTokens({"m": "/m"}, 0, {"m": str(BUNDLED_CHAT_TEMPLATES / "chatml_tools.jinja")})
+    for counter in (own, configured):
+        counter._tokenizers["m"] = _CharTokenizer()
+    rendered = _render(_bundled(), messages=body.messages, tools=[WEATHER], add_generation_prompt=True)
+    assert asyncio.run(configured.count("m", "chat", body)) == len(rendered) + 8
+    assert asyncio.run(own.count("m", "chat", body)) < len(rendered)
