@@ -7,6 +7,7 @@ OpenAI would use; nothing reaches the client as a traceback.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -102,24 +103,44 @@ def invalid_body(errors: list[Any], prefix: str = "") -> OpenAIError:
     return OpenAIError(422, "; ".join(parts) or "invalid request body", code="invalid_value", param=first)
 
 
+ErrorShape = Callable[["OpenAIError"], JSONResponse]
+
+
+def add_error_shape(app: FastAPI, prefix: str, shape: ErrorShape) -> None:
+    """Answer errors under `prefix` in another API's dialect (Anthropic's clients parse their own shape).
+
+    Errors raised before a route runs (405, 404, body validation) reach the app-level handlers, not the
+    route, so the dialect has to be known here too.
+    """
+    shapes: list[tuple[str, ErrorShape]] = getattr(app.state, "error_shapes", [])
+    app.state.error_shapes = [*shapes, (prefix, shape)]
+
+
+def _respond(request: Request, exc: OpenAIError) -> JSONResponse:
+    for prefix, shape in getattr(request.app.state, "error_shapes", []):
+        if request.url.path.startswith(prefix):
+            return shape(exc)
+    return exc.response()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OpenAIError)
-    async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
-        return exc.response()
+    async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+        return _respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return invalid_body(list(exc.errors())).response()
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _respond(request, invalid_body(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return OpenAIError(exc.status_code, str(exc.detail), code=code).response()
+        return _respond(request, OpenAIError(exc.status_code, str(exc.detail), code=code))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        response = OpenAIError(500, f"internal error ({type(exc).__name__})", code="internal_error").response()
+        response = _respond(request, OpenAIError(500, f"internal error ({type(exc).__name__})", code="internal_error"))
         trace_id = request.scope.get("state", {}).get("trace_id")
         if trace_id:  # the tracing middleware's span has ended by now; its id is what support needs
             response.headers["x-trace-id"] = trace_id

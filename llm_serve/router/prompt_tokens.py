@@ -35,12 +35,13 @@ class PromptTokens:
         self._failed: set[str] = set()
         self._lock = threading.Lock()
 
-    async def count(self, model_id: str, route: str, body: Any) -> int:
+    async def count(self, model_id: str, route: str, body: Any, *, margin: bool = True) -> int:
+        """The prompt's tokens; `margin=False` for a count a client reads (count_tokens), not a reservation."""
         tokenizer = await asyncio.to_thread(self._tokenizer, model_id)
         if tokenizer is not None:
             try:
                 template = self._template(model_id)
-                return await asyncio.to_thread(_exact, tokenizer, route, body, template) + MARGIN
+                return await asyncio.to_thread(_exact, tokenizer, route, body, template) + (MARGIN if margin else 0)
             except Exception as exc:  # an unusual message shape: the bound still holds
                 logger.debug("could not tokenize a %s prompt for %s: %s", route, model_id, exc)
         return bound(route, body, self.overhead_tokens)

@@ -33,7 +33,7 @@ from llm_serve.router.apis.chat_stream import chunk_stream
 from llm_serve.router.apis.responses_route import passed_headers
 from llm_serve.router.auth import Caller, KeyRing
 from llm_serve.router.context import RequestContext
-from llm_serve.router.errors import OpenAIError
+from llm_serve.router.errors import OpenAIError, add_error_shape
 from llm_serve.router.pipeline import GenerationPipeline
 from llm_serve.router.prompt_tokens import PromptTokens
 from llm_serve.router.stages.parse import read_json
@@ -55,6 +55,7 @@ class MessagesRoute:
         self.tokens = tokens
 
     def install(self, app: FastAPI) -> None:
+        add_error_shape(app, "/v1/messages", error_response)
         app.add_api_route("/v1/messages", self.create, methods=["POST"])
         app.add_api_route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"])
 
@@ -111,7 +112,7 @@ class MessagesRoute:
             await self.resolve(ctx)  # the key must be allowed the model; an alias names its pool
             tools = chat_tools(req).get("tools")
             body = SimpleNamespace(messages=chat_messages(req), tools=tools)
-            count = await self.tokens.count(ctx.row.model, "chat", body)
+            count = await self.tokens.count(ctx.row.model, "chat", body, margin=False)
             return JSONResponse({"input_tokens": count})
         except OpenAIError as exc:
             return error_response(exc)

@@ -90,11 +90,8 @@ class ResponsesRequest(BaseModel):
 def parse_request(data: dict[str, Any]) -> ResponsesRequest:
     if "model" not in data:
         raise OpenAIError(400, "you must provide a model parameter", code="missing_required_parameter", param="model")
-    try:
-        req = ResponsesRequest.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_body(exc.errors()) from None
-    for tool in data.get("tools") or []:
+    tools = data.get("tools")
+    for tool in tools if isinstance(tools, list) else []:
         if isinstance(tool, dict) and tool.get("type") != "function":
             raise OpenAIError(
                 400,
@@ -102,6 +99,10 @@ def parse_request(data: dict[str, Any]) -> ResponsesRequest:
                 code="unsupported_value",
                 param="tools",
             )
+    try:
+        req = ResponsesRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_body(exc.errors()) from None
     if req.reasoning:
         raise OpenAIError(
             400, "reasoning is not supported by the served models", code="unsupported_value", param="reasoning"
