@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OPENAI_ERROR_FIELDS = frozenset({"message", "type", "param", "code"})
+ANTHROPIC_ERROR_FIELDS = frozenset({"message", "type"})
+ANTHROPIC_PATHS = "/v1/messages"  # Anthropic's clients parse Anthropic's error shape: that API answers in it
 # The fuzzing key's caps (its `limits`): each generated case is a short prompt and a few tokens, so
 # hundreds of cases take minutes on a CPU. The integration test and the reliability bench both use them.
 FUZZ_LIMITS = {
@@ -31,7 +33,7 @@ FUZZ_LIMITS = {
 class FuzzOutcome:
     cases: int = 0
     server_errors: int = 0  # responses with a 5xx status
-    bad_errors: int = 0  # 4xx responses whose body is not OpenAI's error shape
+    bad_errors: int = 0  # 4xx responses whose body is not the API's error shape (OpenAI's, or Anthropic's)
     hung: int = 0  # no answer within the timeout
     slowest_ms: float = 0.0
     examples: list[dict[str, Any]] = field(default_factory=list)  # the first few failures, for the report
@@ -83,7 +85,11 @@ def fuzz_endpoint(
                 keep({"path": operation.path, "status": response.status_code, "text": response.text[:300]})
             elif response.status_code >= 400:
                 try:
-                    shaped = set(response.json()["error"]) >= OPENAI_ERROR_FIELDS
+                    body = response.json()
+                    if operation.path.startswith(ANTHROPIC_PATHS):
+                        shaped = body["type"] == "error" and set(body["error"]) >= ANTHROPIC_ERROR_FIELDS
+                    else:
+                        shaped = set(body) == {"error"} and set(body["error"]) >= OPENAI_ERROR_FIELDS
                 except (ValueError, KeyError, TypeError):
                     shaped = False
                 if not shaped:

@@ -2,7 +2,8 @@
 
 The router reads bodies itself (stage by stage, so every refusal is OpenAI-shaped and says which
 field is wrong), which leaves FastAPI nothing to describe. These models say what a body may hold:
-OpenAI's public fields plus llm-serve's extensions (`rag`, `prompt`, `cache`). vLLM's own extra
+OpenAI's public fields plus llm-serve's extensions (`rag`, `prompt`, `cache`); the Responses and
+Anthropic Messages bodies are the adapters' own request models. vLLM's own extra
 sampling fields are accepted too but not listed: they are vLLM's to document. Nothing validates
 against these models; they are the contract as published, and `schemathesis` fuzzes the live router
 from them (tests/integration/test_fuzz.py).
@@ -15,6 +16,8 @@ from typing import Any, Literal
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_serve.router.apis.anthropic_request import CountTokensRequest, MessagesRequest
+from llm_serve.router.apis.responses_request import ResponsesRequest
 from llm_serve.router.embeddings import EmbeddingRequest
 
 
@@ -97,6 +100,11 @@ BODIES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionBody,
     "/v1/completions": CompletionBody,
     "/v1/embeddings": EmbeddingRequest,
+    # The API adapters validate against these very models (extra fields forbidden), so here the
+    # published contract and the check are one.
+    "/v1/responses": ResponsesRequest,
+    "/v1/messages": MessagesRequest,
+    "/v1/messages/count_tokens": CountTokensRequest,
 }
 
 

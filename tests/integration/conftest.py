@@ -164,29 +164,27 @@ class Tenants:
         return {"authorization": f"Bearer {TENANT_KEYS[name]}"}
 
 
-@pytest.fixture(scope="session")
-def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Tenants:
-    """The tenant router as a Serve application of its own on the suite's Ray (llm_serve.app.build_router_app),
-    using the suite's engine and embedder replicas; with its collections ingested."""
+def deploy_router(stack: Stack, config: dict, name: str, prefix: str, workdir: Path) -> str:
+    """A router as a Serve application of its own on the suite's Ray (llm_serve.app.build_router_app), in
+    front of the suite's engine and embedder replicas; its URL once it answers /healthz."""
     import time
     import urllib.request
 
     import yaml
 
-    workdir = tmp_path_factory.mktemp("tenants")
-    config_file, ledger = workdir / "tenants.yaml", workdir / "tenants-ledger.sqlite"
-    config_file.write_text(yaml.safe_dump(tenant_config(stack, ledger)))
+    config_file = workdir / f"{name}.yaml"
+    config_file.write_text(yaml.safe_dump(config))
     stack_config = stack.config
     code = (
         "import ray; from ray import serve; from llm_serve.config import load_config; "
         "from llm_serve.app import build_router_app; "
         f"ray.init(address='127.0.0.1:{stack_config.ray.gcs_port}', namespace='llm-serve', log_to_driver=False); "
         f"serve._run(build_router_app(load_config({str(config_file)!r}), {stack_config.app_name!r}), "
-        f"_blocking=False, name='tenants', route_prefix={TENANT_PREFIX!r})"
+        f"_blocking=False, name={name!r}, route_prefix={prefix!r})"
     )
     out = subprocess.run([sys.executable, "-c", code], env=stack.ray_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    url = stack.url + TENANT_PREFIX
+    url = stack.url + prefix
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -195,9 +193,30 @@ def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Tenants:
                     break
         except OSError:
             pass
-        assert time.monotonic() < deadline, "the tenant router did not come up"
+        assert time.monotonic() < deadline, f"the router {name!r} did not come up"
         time.sleep(1)
+    return url
+
+
+@pytest.fixture(scope="session")
+def tenants(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Tenants:
+    """The tenant router, with its collections ingested."""
+    workdir = tmp_path_factory.mktemp("tenants")
+    ledger = workdir / "tenants-ledger.sqlite"
+    url = deploy_router(stack, tenant_config(stack, ledger), "tenants", TENANT_PREFIX, workdir)
     for collection, source in (("acme_docs", "warranty-and-billing.md"), ("globex_docs", "troubleshooting.md")):
         out = stack.cli("ingest", str(ROOT / "data" / "manual" / source), "--collection", collection, timeout=300)
         assert out.returncode == 0, out.stdout + out.stderr
     return Tenants(url=url, model=stack.model, ledger=ledger)
+
+
+@pytest.fixture(scope="session")
+def second_router(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Another router process with the suite's own config (so the same ledger database and keys) at
+    /replica2: what a second router replica is, but addressable, so a test can choose which one answers."""
+    import yaml
+
+    config = yaml.safe_load(CONFIG.read_text())
+    config["home"] = stack.env["LLM_SERVE_HOME"]  # the ledger (and the response store) under the same home
+    config["app_name"] = "replica2"
+    return deploy_router(stack, config, "replica2", "/replica2", tmp_path_factory.mktemp("replica2"))

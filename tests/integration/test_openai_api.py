@@ -15,7 +15,7 @@ GROUNDING = "To cancel your subscription, call 1-800-555-0199 or visit Settings 
 
 def test_models_list_and_retrieve(client, stack) -> None:
     ids = [m.id for m in client.models.list().data]
-    assert ids == [stack.model, "nimbus-support", "all-minilm-l6-v2", "gpt-4o-mini"]
+    assert ids == [stack.model, "nimbus-support", "all-minilm-l6-v2", "gpt-4o-mini", "claude-sonnet-4-5"]
     assert client.models.retrieve(stack.model).id == stack.model
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llm_serve.router.errors import OpenAIError, invalid_body
 
 
-class Tool(BaseModel):
+class AnthropicTool(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(..., min_length=1, max_length=64)
     description: str | None = None
@@ -26,14 +26,14 @@ class Tool(BaseModel):
     type: str | None = None
 
 
-class ToolChoice(BaseModel):
+class AnthropicToolChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
 
 
-class Message(BaseModel):
+class AnthropicMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["user", "assistant"]
     content: str | list[dict[str, Any]]
@@ -44,15 +44,15 @@ class MessagesRequest(BaseModel):
 
     model: str
     max_tokens: int = Field(..., ge=1)
-    messages: list[Message] = Field(..., min_length=1)
+    messages: list[AnthropicMessage] = Field(..., min_length=1)
     system: str | list[dict[str, Any]] | None = None
     stop_sequences: list[str] | None = None
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, ge=0, le=1)
     top_k: int | None = Field(None, ge=0)
-    tools: list[Tool] | None = None
-    tool_choice: ToolChoice | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: AnthropicToolChoice | None = None
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
     thinking: dict[str, Any] | None = None
@@ -65,10 +65,10 @@ class MessagesRequest(BaseModel):
 class CountTokensRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str
-    messages: list[Message] = Field(..., min_length=1)
+    messages: list[AnthropicMessage] = Field(..., min_length=1)
     system: str | list[dict[str, Any]] | None = None
-    tools: list[Tool] | None = None
-    tool_choice: ToolChoice | None = None
+    tools: list[AnthropicTool] | None = None
+    tool_choice: AnthropicToolChoice | None = None
     thinking: dict[str, Any] | None = None
 
 
@@ -133,7 +133,7 @@ def _image(block: dict[str, Any], param: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _turn(message: Message, m: int) -> list[dict[str, Any]]:
+def _turn(message: AnthropicMessage, m: int) -> list[dict[str, Any]]:
     """One Anthropic message as chat messages: tool results first, then the turn's own content."""
     if isinstance(message.content, str):
         return [{"role": message.role, "content": message.content}]
