@@ -83,10 +83,15 @@ def semantic_parts(body: Any, ctx: CacheContext, multi_turn: bool) -> tuple[str,
 
     Only a trailing user message with plain text is a question; with multi_turn off, any earlier
     user or assistant turn makes the request ineligible (an answer depends on the conversation).
+    A request with `tools` is never matched by meaning: a call's arguments are copied out of the
+    question (a city, an order number), exactly the detail a paraphrase match can miss, and a wrong
+    hit is an action taken with the wrong arguments. The exact cache still serves such requests.
     """
     if ctx.route != "chat":
         return None
     data = canonical(body)
+    if data.get("tools"):
+        return None
     messages = data.get("messages") or []
     if not messages or messages[-1].get("role") != "user":
         return None

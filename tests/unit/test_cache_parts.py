@@ -61,6 +61,14 @@ def test_semantic_scope_separates_system_prompts_adapters_and_turns() -> None:
     assert semantic_parts(body(turns, temperature=0), CTX, multi_turn=True) is not None
 
 
+def test_requests_with_tools_are_never_matched_by_meaning() -> None:
+    """The live suite caught "Weather in Oslo?" served the tool call made for "Weather in Paris?"."""
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    assert semantic_parts(body(USER, temperature=0), CTX, False) is not None
+    assert semantic_parts(body(USER, temperature=0, tools=[tool]), CTX, False) is None
+    assert exact_key(body(USER, temperature=0, tools=[tool]), CTX) != exact_key(body(USER, temperature=0), CTX)
+
+
 def test_stream_assembles_back_into_the_response_it_replays() -> None:
     payload = {
         "id": "chatcmpl-9",
