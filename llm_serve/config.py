@@ -589,6 +589,48 @@ class AnthropicConfig(Strict):
     )
 
 
+class BatchConfig(Strict):
+    """The Batch API (`/v1/files`, `/v1/batches`): JSONL files of requests answered in the background.
+
+    Batches run in every router replica's background runner, one batch per replica at a time, claimed
+    with a lease in the database, so a replica that restarts (or dies) hands its batch to the next
+    replica to look, which resumes at the first unanswered line. A runner starts a line only while
+    the interactive requests in flight on its replica are at most `max_interactive_inflight`, so
+    interactive traffic goes first.
+    """
+
+    enabled: bool = Field(True, description="Serve /v1/files and /v1/batches and run batches.")
+    store_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the batch and file store; None: the ledger's database (SQLite at "
+        "<home>/ledger.sqlite). With router replicas on several nodes use a shared database, as for the ledger.",
+    )
+    discount: float = Field(
+        0.5, ge=0, le=1, description="Share of the price a batch's requests do not pay (OpenAI's Batch API: 0.5)."
+    )
+    concurrency: int = Field(2, ge=1, description="A runner's requests of one batch in flight at once.")
+    max_interactive_inflight: int = Field(
+        0,
+        ge=0,
+        description="A runner starts a batch request only while at most this many interactive requests are in "
+        "flight on its replica (0: only when it is idle).",
+    )
+    max_file_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest file `POST /v1/files` accepts (the route's own body limit)."
+    )
+    max_requests_per_batch: int = Field(50_000, ge=1, description="Lines one input file may hold (OpenAI: 50,000).")
+    completion_windows: list[str] = Field(
+        default_factory=lambda: ["24h"], description="Accepted `completion_window`s (`<hours>h`)."
+    )
+    poll_s: float = Field(1.0, gt=0, description="How often an idle runner looks for a batch to run.")
+    lease_s: float = Field(
+        30.0, gt=0, description="A runner's claim on its batch; renewed while it runs, taken over once it lapses."
+    )
+    retry_backoff_s: float = Field(
+        2.0, gt=0, description="Wait before a line refused for load (503, a rate limit) is tried again."
+    )
+
+
 class ExactCacheConfig(Strict):
     """Answers reused for byte-identical requests (after canonicalisation)."""
 
@@ -797,6 +839,7 @@ class Config(Strict):
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)

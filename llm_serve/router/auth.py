@@ -74,6 +74,14 @@ class KeyRing:
             assert digest is not None
             self._by_hash[digest] = key
 
+    def caller_named(self, name: str) -> Caller | None:
+        """The caller a key's name stands for (work accepted earlier and run later, as a batch); None once
+        the key is gone from the config."""
+        if not self.enabled:
+            return OPEN if name == ANONYMOUS else None
+        key = next((k for k in self._by_hash.values() if k.name == name), None)
+        return None if key is None else Caller(key.name, key)
+
     def caller(self, headers: Mapping[str, str]) -> Caller:
         """The caller of a request with these HTTP headers (401 when a key is needed and wrong or missing)."""
         return self.authenticate(headers.get("authorization"), headers.get("x-api-key"))

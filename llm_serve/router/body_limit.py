@@ -19,14 +19,22 @@ def too_large(length: int, max_bytes: int) -> OpenAIError:
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, per_path: dict[str, int] | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_bytes = max_bytes
+        self.per_path = per_path or {}  # routes with a limit of their own (file uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # under a Serve route prefix, routes match below it
+            path = path[len(root) :]
+        limit = self.per_path.get(path, self.default_bytes)
+        await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
@@ -37,8 +45,8 @@ class BodySizeLimit:
                     error = OpenAIError(400, "invalid Content-Length header", code="invalid_request")
                     await error.response()(scope, receive, send)
                     return
-                if length > self.max_bytes:
-                    await too_large(length, self.max_bytes).response()(scope, receive, send)
+                if length > max_bytes:
+                    await too_large(length, max_bytes).response()(scope, receive, send)
                     return
                 break
         received = 0
@@ -49,8 +57,8 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise too_large(received, self.max_bytes)
+                if received > max_bytes:
+                    raise too_large(received, max_bytes)
             return message
 
         await self.app(scope, counted, send)

@@ -75,6 +75,8 @@ class RequestContext:
     caller: Caller
     headers: Mapping[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    # Every price of this request is multiplied by this: below 1 for a batch's discount.
+    price_factor: float = 1.0
 
     # parse: the JSON body (turned into the engine request by later stages) and our extensions to it
     data: dict[str, Any] = field(default_factory=dict)

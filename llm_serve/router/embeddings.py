@@ -103,8 +103,15 @@ class EmbeddingsRoute:
         self.settle = settle
 
     async def handle(self, request: Request) -> Response:
+        return await self.answer(request)
+
+    async def answer(
+        self, request: Request, *, caller: Caller | None = None, api: str = "openai", price_factor: float = 1.0
+    ) -> Response:
+        """Answer one request; the batch runner passes the batch's caller, `api` and discount (not as
+        `handle`'s parameters: FastAPI would read those as query parameters)."""
         self.observer.check_capacity(self.config.router.max_inflight_requests)
-        caller = self.keys.caller(request.headers)
+        caller = caller or self.keys.caller(request.headers)
         data = await read_json(request, self.config.server.max_body_bytes)
         model_id = self._model(data, caller)
         caps = limits_for(self.config, caller)
@@ -114,6 +121,7 @@ class EmbeddingsRoute:
         body, texts = parse_embedding_request(data, max_inputs, caps.max_embedding_input_chars)
         ctx = RequestContext.start("embeddings", caller, request.headers, data)
         ctx.row.stream, ctx.model_known = False, True
+        ctx.row.api, ctx.price_factor = api, price_factor
         self.observer.begin(ctx, {genai.OPERATION: "embeddings", genai.REQUEST_MODEL: model_id})
         return await settled(ctx, self.settle, lambda: self._embed(ctx, model_id, body, texts))
 
@@ -153,7 +161,7 @@ class EmbeddingsRoute:
                 param="dimensions",
             )
         ctx.row.prompt_tokens = result.prompt_tokens
-        ctx.row.cost_usd = self.config.price(model_id).cost(result.prompt_tokens, 0)
+        ctx.row.cost_usd = ctx.price_factor * self.config.price(model_id).cost(result.prompt_tokens, 0)
         ctx.finish(200)
         payload = embedding_response(model_id, result.vectors, result.prompt_tokens, body.encoding_format)
         payload["usage"]["cost_usd"] = ctx.row.cost_usd

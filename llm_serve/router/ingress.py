@@ -10,13 +10,17 @@ into a Serve ingress deployment.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from llm_serve import headers as h
 from llm_serve.config import Config, is_loopback
 from llm_serve.eval.groundedness import GroundednessMonitor
 from llm_serve.prompts import PromptRegistry
@@ -27,11 +31,15 @@ from llm_serve.router.adapter_catalog import AdapterCatalog
 from llm_serve.router.admin import AdminRoutes
 from llm_serve.router.apis.anthropic_route import MessagesRoute
 from llm_serve.router.apis.responses_route import ResponsesRoute
-from llm_serve.router.auth import KeyRing
+from llm_serve.router.auth import Caller, KeyRing
+from llm_serve.router.batches.routes import BatchesRoute, FilesRoute
+from llm_serve.router.batches.runner import Answer, BatchRunner
+from llm_serve.router.batches.store import BatchStore
 from llm_serve.router.body_limit import BodySizeLimit
 from llm_serve.router.coalesce import Coalescer
 from llm_serve.router.embeddings import EmbeddingsRoute
-from llm_serve.router.errors import install_error_handlers
+from llm_serve.router.errors import OpenAIError, install_error_handlers
+from llm_serve.router.ledger import default_url
 from llm_serve.router.model_cards import ModelCards
 from llm_serve.router.observe import Observer
 from llm_serve.router.openapi import install_request_schemas
@@ -124,6 +132,57 @@ class Router:
         self.admin = AdminRoutes(config, self.keys, self.state, self.coalescer)
         self.responses = ResponsesRoute(config, self.pipeline, self.keys)
         self.messages = MessagesRoute(config, self.pipeline, self.keys, resolve, prompt_tokens)
+        batch = config.batch
+        self.batch_store = BatchStore(batch.store_url or config.ledger.url or default_url(config.home_path))
+        self.batch_runner = BatchRunner(
+            batch, self.batch_store, self.run_internal, self.keys.caller_named, self._interactive_inflight
+        )
+        self.files_route = FilesRoute(batch, self.batch_store, self.keys)
+        self.batches_route = BatchesRoute(
+            batch, self.batch_store, self.keys, self.batch_runner, config.server.max_body_bytes
+        )
+
+    def _interactive_inflight(self) -> int:
+        return sum(self.observer.ongoing.values()) - self.batch_runner.inflight
+
+    async def run_internal(
+        self, route: str, caller: Caller, body: dict[str, Any], request_id: str, price_factor: float
+    ) -> Answer:
+        """One request answered by this replica's own path, as `caller`, without HTTP (the batch runner's)."""
+        raw = json.dumps(body).encode()
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/internal",
+            "headers": [(b"content-type", b"application/json"), (h.REQUEST_ID.encode(), request_id.encode())],
+            "query_string": b"",
+        }
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await asyncio.Event().wait()  # no disconnect: the runner waits for its answer
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        request = Request(scope, receive)
+        try:
+            if route == "embeddings":
+                response = await self.embeddings_route.answer(
+                    request, caller=caller, api="batch", price_factor=price_factor
+                )
+            else:
+                response = await self.pipeline.handle(
+                    request, route, api="batch", caller=caller, price_factor=price_factor
+                )
+        except OpenAIError as exc:
+            return Answer(exc.status, exc.body(), request_id, 0.0)
+        if not hasattr(response, "body"):  # a stream: batch bodies have `stream` removed, so never
+            raise RuntimeError("a batch request was answered as a stream")
+        payload = json.loads(bytes(response.body)) if response.body else {}
+        cost = float(response.headers.get(h.COST, 0.0) or 0.0)
+        return Answer(response.status_code, payload, response.headers.get(h.REQUEST_ID, request_id), cost)
 
     def _semantic_cache(self) -> SemanticCache | None:
         semantic = self.config.cache.semantic
@@ -139,9 +198,10 @@ class Router:
         return self.build_asgi_app()
 
     def build_asgi_app(self) -> FastAPI:
-        app = FastAPI(title="llm-serve", version="0.1.0", docs_url="/docs", redoc_url=None)
+        app = FastAPI(title="llm-serve", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=self._lifespan)
         install_error_handlers(app)
-        app.add_middleware(BodySizeLimit, max_bytes=self.config.server.max_body_bytes)
+        uploads = {"/v1/files": self.config.batch.max_file_bytes} if self.config.batch.enabled else {}
+        app.add_middleware(BodySizeLimit, max_bytes=self.config.server.max_body_bytes, per_path=uploads)
         app.add_middleware(TracingMiddleware)  # outermost: a refused body is a traced request too
         app.add_api_route("/healthz", self.healthz, methods=["GET"])
         app.add_api_route("/readyz", self.readyz, methods=["GET"])
@@ -153,9 +213,22 @@ class Router:
             self.responses.install(app)
         if self.config.anthropic.enabled:
             self.messages.install(app)
+        if self.config.batch.enabled:
+            self.files_route.install(app)
+            self.batches_route.install(app)
         self.admin.install(app)
         install_request_schemas(app)
         return app
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        """Serve runs the app's lifespan in each replica: its batch runner lives as long as the replica."""
+        if self.config.batch.enabled:
+            self.batch_runner.start()
+        try:
+            yield
+        finally:
+            await self.batch_runner.stop()
 
     async def chat_completions(self, request: Request) -> Response:
         return await self.pipeline.handle(request, "chat")

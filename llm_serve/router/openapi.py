@@ -96,6 +96,17 @@ class CompletionBody(SamplingFields):
     suffix: str | None = None
 
 
+class BatchCreateBody(BaseModel):
+    """`POST /v1/batches` (batches/routes.py checks these fields itself, with OpenAI's messages)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_file_id: str
+    endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+    completion_window: str = Field(..., description="`24h` (the accepted windows are `batch.completion_windows`).")
+    metadata: dict[str, str] | None = None
+
+
 BODIES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletionBody,
     "/v1/completions": CompletionBody,
@@ -105,6 +116,7 @@ BODIES: dict[str, type[BaseModel]] = {
     "/v1/responses": ResponsesRequest,
     "/v1/messages": MessagesRequest,
     "/v1/messages/count_tokens": CountTokensRequest,
+    "/v1/batches": BatchCreateBody,
 }
 
 

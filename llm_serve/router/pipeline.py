@@ -68,19 +68,30 @@ class GenerationPipeline:
         return tuple(name for name, _ in self.stages)
 
     async def handle(
-        self, request: Request, route: str, *, api: str = "openai", translate: Translate | None = None
+        self,
+        request: Request,
+        route: str,
+        *,
+        api: str = "openai",
+        translate: Translate | None = None,
+        caller: Caller | None = None,
+        price_factor: float = 1.0,
     ) -> Response:
         """Answer one request. An API adapter (Responses, Anthropic) passes `translate`, which turns its
-        body into a chat request for this caller before any stage runs, and names itself as `api`."""
+        body into a chat request for this caller before any stage runs, and names itself as `api`. The
+        batch runner passes the batch's `caller` (authenticated when the batch was created) and its
+        discount as `price_factor`."""
         self.observer.check_capacity(self.max_inflight)  # overload is refused before any work
-        with tracing.tracer().start_as_current_span("llm_serve.auth") as auth_span:
-            caller = self.keys.caller(request.headers)
-            auth_span.set_attribute("llm_serve.key", caller.name)
+        if caller is None:
+            with tracing.tracer().start_as_current_span("llm_serve.auth") as auth_span:
+                caller = self.keys.caller(request.headers)
+                auth_span.set_attribute("llm_serve.key", caller.name)
         data = await read_json(request, self.max_body_bytes)
         if translate is not None:
             data = await translate(data, caller)
         ctx = RequestContext.start(route, caller, request.headers, data)
         ctx.row.api = api
+        ctx.price_factor = price_factor
         # Only a recording tracer reads the attributes: with tracing off, none are built per request.
         self.observer.begin(ctx, genai.request_attributes(route, data) if tracing.enabled() else {})
         return await self.run(ctx)

@@ -220,3 +220,20 @@ def second_router(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str
     config["home"] = stack.env["LLM_SERVE_HOME"]  # the ledger (and the response store) under the same home
     config["app_name"] = "replica2"
     return deploy_router(stack, config, "replica2", "/replica2", tmp_path_factory.mktemp("replica2"))
+
+
+BATCH_PREFIX = "/batch-router"
+
+
+@pytest.fixture(scope="session")
+def batch_router(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A router process whose batches nobody else runs (a store of its own), with a short lease, so a test
+    can kill it mid-batch and see its restarted replica take the batch up again."""
+    import yaml
+
+    workdir = tmp_path_factory.mktemp("batch-router")
+    config = yaml.safe_load(CONFIG.read_text())
+    config["home"] = stack.env["LLM_SERVE_HOME"]  # the suite's ledger: batch rows land where /admin reads
+    config["app_name"] = "batch"
+    config["batch"] = {"store_url": f"sqlite:///{workdir / 'batches.sqlite'}", "lease_s": 5.0, "poll_s": 0.5}
+    return deploy_router(stack, config, "batch", BATCH_PREFIX, workdir)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from llm_serve.router.sql_engine import sqlite_engine
 
 METADATA = sa.MetaData()
 RESPONSES = sa.Table(
@@ -32,36 +34,22 @@ RESPONSES = sa.Table(
 )
 
 
-def sqlite_engine(url: str) -> sa.Engine:
-    """An engine whose SQLite connections wait for each other's writes instead of failing at once."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, future=True, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(conn: Any, _record: Any) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        return engine
-    return sa.create_engine(url, future=True, pool_pre_ping=True)
-
-
 class ResponseStore:
     def __init__(self, url: str, ttl_s: float, max_bytes: int) -> None:
         self.url = url
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
         self._engine: sa.Engine | None = None
+        self._lock = threading.Lock()
 
     @property
     def engine(self) -> sa.Engine:
         # Opened on first use: a router that never serves /v1/responses never touches the database.
-        if self._engine is None:
-            self._engine = sqlite_engine(self.url)
-            METADATA.create_all(self._engine)
+        with self._lock:  # calls run in threads: the tables exist before anyone else uses the engine
+            if self._engine is None:
+                engine = sqlite_engine(self.url)
+                METADATA.create_all(engine)
+                self._engine = engine
         return self._engine
 
     async def put(self, key_name: str, response: dict[str, Any], conversation: list[dict[str, Any]]) -> bool:

@@ -32,7 +32,7 @@ class Admit:
         if ctx.route == "embeddings":  # no output; each text's tokens are at most its UTF-8 bytes
             texts = ctx.data.get("input")
             tokens = sum(len(t.encode()) for t in ([texts] if isinstance(texts, str) else texts or []))
-            return tokens, self.config.price(ctx.row.model).cost(tokens, 0)
+            return tokens, ctx.price_factor * self.config.price(ctx.row.model).cost(tokens, 0)
         model = self.config.model(ctx.row.model)
         context = model.engine.max_model_len if model is not None else None
         prompt = await self.prompt_tokens.count(ctx.row.model, ctx.route, ctx.body)
@@ -44,7 +44,7 @@ class Admit:
             per_choice = min(per_choice, context)
         output = choices(ctx.body) * per_choice
         usd = max(self.config.price(m, ctx.row.adapter).cost(prompt, output) for m in ctx.candidates or [ctx.row.model])
-        return prompt + output, usd
+        return prompt + output, ctx.price_factor * usd
 
     async def __call__(self, ctx: RequestContext) -> None:
         key = ctx.caller.key

@@ -45,13 +45,13 @@ def price(config: Config, ctx: RequestContext, *, hit: bool) -> float:
     row = ctx.row
     model_price = config.price(row.model, row.adapter)
     if not hit:
-        return model_price.cost(row.prompt_tokens, row.completion_tokens, row.cached_tokens)
+        return ctx.price_factor * model_price.cost(row.prompt_tokens, row.completion_tokens, row.cached_tokens)
     billing = config.cache.hit_billing
     if billing == "free":
         return 0.0
     if billing == "full":
-        return model_price.cost(row.prompt_tokens, row.completion_tokens)
-    return model_price.cost(row.prompt_tokens, 0, cached_tokens=row.prompt_tokens)
+        return ctx.price_factor * model_price.cost(row.prompt_tokens, row.completion_tokens)
+    return ctx.price_factor * model_price.cost(row.prompt_tokens, 0, cached_tokens=row.prompt_tokens)
 
 
 def price_usage(config: Config, ctx: RequestContext, usage: dict[str, Any] | None) -> float:
