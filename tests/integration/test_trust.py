@@ -63,7 +63,7 @@ def test_a_tenant_reaches_no_other_tenants_documents(tenants) -> None:
         assert post("/chat/completions", json=chat("acme-support"), headers=globex).status_code == 403
         listed = [m["id"] for m in http.get("/models", headers=acme).json()["data"]]
         # acme's key names the pool and its alias; the routing alias onto the pool comes with the pool
-        assert set(listed) == {tenants.model, "acme-support", "gpt-4o-mini"}, listed
+        assert set(listed) == {tenants.model, "acme-support", "gpt-4o-mini", "claude-sonnet-4-5"}, listed
         assert "acme-support" not in [m["id"] for m in http.get("/models", headers=globex).json()["data"]]
         for path in ("/admin/requests", "/admin/usage", "/admin/traces", "/admin/cache"):
             assert httpx.get(tenants.url + path, headers=acme).status_code == 403
