@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llm_serve.router.errors import OpenAIError
+from llm_serve.router.errors import OpenAIError, route_path
 
 
 def too_large(length: int, max_bytes: int) -> OpenAIError:
@@ -28,10 +28,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path, root = scope.get("path", ""), scope.get("root_path", "")
-        if root and path.startswith(root):  # under a Serve route prefix, routes match below it
-            path = path[len(root) :]
-        limit = self.per_path.get(path, self.default_bytes)
+        limit = self.per_path.get(route_path(scope), self.default_bytes)
         await self._limited(scope, receive, send, limit)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:

@@ -116,9 +116,16 @@ def add_error_shape(app: FastAPI, prefix: str, shape: ErrorShape) -> None:
     app.state.error_shapes = [*shapes, (prefix, shape)]
 
 
+def route_path(scope: Any) -> str:
+    """The path the app's routes match: below a Serve route prefix (`root_path`), not the URL's."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 def _respond(request: Request, exc: OpenAIError) -> JSONResponse:
+    path = route_path(request.scope)
     for prefix, shape in getattr(request.app.state, "error_shapes", []):
-        if request.url.path.startswith(prefix):
+        if path.startswith(prefix):
             return shape(exc)
     return exc.response()
 

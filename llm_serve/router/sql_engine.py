@@ -7,6 +7,7 @@ block the writer (WAL). Other databases get a pooled engine that checks its conn
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,3 +29,23 @@ def sqlite_engine(url: str) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, future=True, pool_pre_ping=True)
+
+
+class LazyEngine:
+    """An engine opened, with its tables created, on first use: a router that never serves the routes a
+    store is for never touches its database. Store calls run in threads, so the first use is locked and
+    the engine is handed out only once its tables exist."""
+
+    def __init__(self, url: str, metadata: sa.MetaData) -> None:
+        self.url = url
+        self.metadata = metadata
+        self._engine: sa.Engine | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> sa.Engine:
+        with self._lock:
+            if self._engine is None:
+                engine = sqlite_engine(self.url)
+                self.metadata.create_all(engine)
+                self._engine = engine
+        return self._engine

@@ -68,16 +68,8 @@ class MessagesRoute:
                 400, f"anthropic-version: {version!r} is not a version (YYYY-MM-DD)", param="anthropic-version"
             )
 
+    # Errors raised here leave through the app's handlers, in the dialect `install` registered.
     async def create(self, request: Request) -> Response:
-        try:
-            return await self._create(request)
-        except OpenAIError as exc:
-            return error_response(exc)
-        except Exception:
-            logger.exception("unhandled error on /v1/messages")
-            return JSONResponse(error_body(500, "internal error"), status_code=500)
-
-    async def _create(self, request: Request) -> Response:
         self._check_version(request)
         turn: dict[str, Any] = {}
 
@@ -103,16 +95,13 @@ class MessagesRoute:
         return JSONResponse(from_chat(req.model, payload, req.stop_sequences), headers=passed_headers(response))
 
     async def count_tokens(self, request: Request) -> Response:
-        try:
-            self._check_version(request)
-            caller = self.keys.caller(request.headers)
-            data = await read_json(request, self.config.server.max_body_bytes)
-            req = parse(CountTokensRequest, data)
-            ctx = RequestContext.start("chat", caller, request.headers, {"model": req.model})
-            await self.resolve(ctx)  # the key must be allowed the model; an alias names its pool
-            tools = chat_tools(req).get("tools")
-            body = SimpleNamespace(messages=chat_messages(req), tools=tools)
-            count = await self.tokens.count(ctx.row.model, "chat", body, margin=False)
-            return JSONResponse({"input_tokens": count})
-        except OpenAIError as exc:
-            return error_response(exc)
+        self._check_version(request)
+        caller = self.keys.caller(request.headers)
+        data = await read_json(request, self.config.server.max_body_bytes)
+        req = parse(CountTokensRequest, data)
+        ctx = RequestContext.start("chat", caller, request.headers, {"model": req.model})
+        await self.resolve(ctx)  # the key must be allowed the model; an alias names its pool
+        tools = chat_tools(req).get("tools")
+        body = SimpleNamespace(messages=chat_messages(req), tools=tools)
+        count = await self.tokens.count(ctx.row.model, "chat", body, margin=False)
+        return JSONResponse({"input_tokens": count})

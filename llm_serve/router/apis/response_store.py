@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from typing import Any
 
 import sqlalchemy as sa
 
-from llm_serve.router.sql_engine import sqlite_engine
+from llm_serve.router.sql_engine import LazyEngine
 
 METADATA = sa.MetaData()
 RESPONSES = sa.Table(
@@ -39,18 +38,11 @@ class ResponseStore:
         self.url = url
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
-        self._engine: sa.Engine | None = None
-        self._lock = threading.Lock()
+        self._tables = LazyEngine(url, METADATA)
 
     @property
     def engine(self) -> sa.Engine:
-        # Opened on first use: a router that never serves /v1/responses never touches the database.
-        with self._lock:  # calls run in threads: the tables exist before anyone else uses the engine
-            if self._engine is None:
-                engine = sqlite_engine(self.url)
-                METADATA.create_all(engine)
-                self._engine = engine
-        return self._engine
+        return self._tables.get()
 
     async def put(self, key_name: str, response: dict[str, Any], conversation: list[dict[str, Any]]) -> bool:
         """Store a finished response; False when its conversation is over the size limit (not stored)."""

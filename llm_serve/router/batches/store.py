@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
 
-from llm_serve.router.sql_engine import sqlite_engine
+from llm_serve.router.sql_engine import LazyEngine
 
 METADATA = sa.MetaData()
 FILES = sa.Table(
@@ -131,18 +131,11 @@ def file_object(row: Any) -> dict[str, Any]:
 class BatchStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._engine: sa.Engine | None = None
-        self._lock = threading.Lock()
+        self._tables = LazyEngine(url, METADATA)
 
     @property
     def engine(self) -> sa.Engine:
-        # Opened on first use, as the response store: a router that never sees a batch never touches it.
-        with self._lock:  # calls run in threads: the tables exist before anyone else uses the engine
-            if self._engine is None:
-                engine = sqlite_engine(self.url)
-                METADATA.create_all(engine)
-                self._engine = engine
-        return self._engine
+        return self._tables.get()
 
     async def call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
@@ -161,7 +154,7 @@ class BatchStore:
         }
         with self.engine.begin() as conn:
             conn.execute(FILES.insert().values(**row))
-        return file_object(_Obj(row))
+        return file_object(SimpleNamespace(**row))
 
     def get_file(self, key_name: str, file_id: str) -> Any:
         query = sa.select(*[c for c in FILES.c if c.name != "content"]).where(
@@ -413,13 +406,6 @@ class BatchStore:
             row = conn.execute(sa.select(BATCHES.c.times).where(BATCHES.c.id == batch_id)).one()
             values["times"] = json.dumps({**json.loads(row.times), f"{final_status}_at": now})
             conn.execute(BATCHES.update().where(BATCHES.c.id == batch_id).values(**values))
-
-
-class _Obj:
-    """A dict read by attribute, as a SQLAlchemy row is (for objects built before their row is read)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
 
 
 def _after(table: sa.Table, row_id: str) -> Any:
