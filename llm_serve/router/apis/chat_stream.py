@@ -8,28 +8,18 @@ the usage (with its cost, which the relay adds to the usage chunk).
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from llm_serve.sse import DATA_PREFIX
+from llm_serve.sse import DATA_PREFIX, event_payload
 
 
 def chunks(text: str) -> Iterator[dict[str, Any]]:
     """The JSON payloads of the `data:` events in `text` (the `[DONE]` mark and comments skipped)."""
     for event in text.split("\n\n"):
         event = event.strip()
-        if not event.startswith(DATA_PREFIX.strip()):
-            continue
-        raw = event[len(DATA_PREFIX.strip()) :].strip()
-        if raw == "[DONE]":
-            continue
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(payload, dict):
+        if event.startswith(DATA_PREFIX) and (payload := event_payload(event)):
             yield payload
 
 
