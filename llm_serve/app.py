@@ -48,7 +48,7 @@ def build_app(config: Config, *, pull_models: bool = True) -> Application:
     tracing = config.telemetry.tracing.model_dump(mode="json") if config.telemetry.tracing.enabled else None
     engines: dict[str, Application] = {}
     sources: dict[str, str] = {}  # where the router loads each pool's tokenizer from (for reservations)
-    for model in config.models:
+    for model in config.engine_models:  # a provider model has no engine: its router calls the API
         source = sources[model.id] = resolve_model_source(model.source, config.home_path, pull=pull_models)
         engines[model.id] = build_engine_deployment(
             model,
@@ -98,12 +98,14 @@ def build_router_app(config: Config, engines_of: str) -> Application:
     engines, or a tenant with its own ledger. `config.models` and `config.embedding_models` name the
     deployments to reach; nothing is started for them.
     """
-    engines = {m.id: serve.get_deployment_handle(engine_deployment_name(m.id), engines_of) for m in config.models}
+    engines = {
+        m.id: serve.get_deployment_handle(engine_deployment_name(m.id), engines_of) for m in config.engine_models
+    }
     embedders = {
         e.id: serve.get_deployment_handle(f"embedder-{deployment_safe(e.id)}", engines_of)
         for e in config.embedding_models
     }
-    sources = {m.id: resolve_model_source(m.source, config.home_path, pull=False) for m in config.models}
+    sources = {m.id: resolve_model_source(m.source, config.home_path, pull=False) for m in config.engine_models}
     return _router_app(config, engines, embedders, sources)
 
 

@@ -338,14 +338,95 @@ class ToolCallingConfig(Strict):
         return self
 
 
+PROVIDER_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com/v1"}
+
+
+class ProviderConfig(Strict):
+    """An API provider that serves a model instead of an engine pool (an API pool).
+
+    `openai` and `openai_compatible` speak OpenAI's chat and completions APIs (Azure OpenAI, Gemini's and
+    Bedrock's OpenAI-compatible endpoints, another vLLM or llm-serve); `anthropic` speaks the Messages API,
+    and the router translates. The key is read from `api_key_env` in the router's own process, so it is in
+    no config file, deployment argument, log line or error message.
+    """
+
+    kind: Literal["openai", "anthropic", "openai_compatible"] = Field(..., description="The upstream's API.")
+    base_url: str | None = Field(
+        None,
+        description="The API's base URL up to and including its version (`.../v1`); default: OpenAI's or "
+        "Anthropic's public endpoint. Required for `openai_compatible`.",
+    )
+    model: str | None = Field(None, description="The model name the upstream knows (default: this model's id).")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the upstream key (None: send no key, e.g. a local server)."
+    )
+    auth_header: Literal["authorization", "x-api-key", "api-key"] | None = Field(
+        None,
+        description="How the key is sent: `authorization` (Bearer; OpenAI's), `x-api-key` (Anthropic's), `api-key` "
+        "(Azure OpenAI's). Default: the kind's own.",
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers on every upstream call.")
+    query: dict[str, str] = Field(
+        default_factory=dict, description="Query parameters on every call (Azure OpenAI's `api-version`)."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Time to open a connection to the upstream.")
+    timeout_s: float = Field(
+        120.0, gt=0, description="Time allowed for the upstream's first byte, and between bytes of a stream."
+    )
+    max_retries: int = Field(
+        2, ge=0, description="Retries of a call that failed before any output (connection error, 429, 5xx)."
+    )
+    retry_backoff_s: float = Field(0.5, ge=0, description="First retry delay; it doubles, or follows Retry-After.")
+    max_retry_wait_s: float = Field(
+        10.0, ge=0, description="Longest Retry-After honoured; an upstream asking for longer fails the call now."
+    )
+    max_connections: int = Field(100, ge=1, description="Connections to the upstream per router replica.")
+    pass_params: list[str] = Field(
+        default_factory=list,
+        description="Request fields beyond OpenAI's passed on to an OpenAI-shaped upstream (a vLLM upstream "
+        "understands `top_k`, `repetition_penalty`, ...); the rest are dropped, since OpenAI refuses them.",
+    )
+    continuous_usage: bool = Field(
+        False,
+        description="Ask for usage on every streamed chunk (vLLM's `continuous_usage_stats`), so a stream cut short "
+        "is priced to the token; OpenAI's and Anthropic's APIs only report usage at the end.",
+    )
+    anthropic_version: str = Field("2023-06-01", description="The `anthropic-version` header (kind anthropic).")
+    default_max_tokens: int = Field(
+        4096, ge=1, description="max_tokens sent to Anthropic when the request names none (the API requires it)."
+    )
+    health_path: str | None = Field(
+        "/models",
+        description="Path under base_url that a breaker probe GETs (any answer below 500 is healthy); None: a "
+        "one-token chat call instead.",
+    )
+
+    def url(self) -> str:
+        base = self.base_url or PROVIDER_BASE_URLS.get(self.kind)
+        if base is None:
+            raise ValueError("provider.base_url is required for kind openai_compatible")
+        return base.rstrip("/")
+
+    def key_header(self) -> str:
+        return self.auth_header or ("x-api-key" if self.kind == "anthropic" else "authorization")
+
+    @model_validator(mode="after")
+    def _has_url(self) -> ProviderConfig:
+        self.url()
+        return self
+
+
 class ModelConfig(Strict):
-    """One served model: an id clients name, where its weights come from, and its engine pool."""
+    """One served model: an id clients name, and what answers it: an engine pool, or an API provider."""
 
     id: ModelId = Field(..., description="The model id clients send in `model` and see in /v1/models.")
-    source: str = Field(
-        ...,
+    source: str | None = Field(
+        None,
         description="A registry name (see `llm-serve models list`), a local Hugging Face directory, or a "
-        "hub id handed to vLLM as is.",
+        "hub id handed to vLLM as is. Required unless `provider` is set.",
+    )
+    provider: ProviderConfig | None = Field(
+        None, description="Serve this model from an API provider instead of an engine pool (no engine is started)."
     )
     engine: EngineConfig = Field(default_factory=EngineConfig)
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
@@ -359,6 +440,18 @@ class ModelConfig(Strict):
     adapter_prices: dict[str, Price] = Field(
         default_factory=dict, description="Prices of LoRA adapters on this model by adapter name (default: price)."
     )
+
+    @property
+    def is_provider(self) -> bool:
+        return self.provider is not None
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> ModelConfig:
+        if self.provider is None and not self.source:
+            raise ValueError("a model needs a `source` (an engine pool) or a `provider` (an API pool)")
+        if self.provider is not None and self.lora.enabled:
+            raise ValueError("LoRA adapters need an engine pool; a provider model cannot enable lora")
+        return self
 
 
 class EmbedderConfig(Strict):
@@ -891,6 +984,15 @@ class Config(Strict):
 
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
+
+    @property
+    def engine_models(self) -> list[ModelConfig]:
+        """The models served by engine pools of this application (not by API providers)."""
+        return [m for m in self.models if m.provider is None]
+
+    @property
+    def provider_models(self) -> list[ModelConfig]:
+        return [m for m in self.models if m.provider is not None]
 
     def rag_alias(self, model_id: str) -> RagAlias | None:
         return next((a for a in self.rag.aliases if a.id == model_id), None)

@@ -59,7 +59,7 @@ def waiting_for(config: Config, states: dict[str, str], started_at: float) -> st
     from llm_serve.engine.start_phase import read_phase
 
     parts = []
-    for model in config.models:
+    for model in config.engine_models:
         name = engine_deployment_name(model.id)
         if states.get(name, "HEALTHY") == "HEALTHY":
             continue

@@ -12,12 +12,12 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from llm_serve.models.provision import list_models
 
     config = load(args)
-    configured = {m.source: m.id for m in config.models}
+    configured = {m.source: m.id for m in config.engine_models}
     print(f"{'name':28} {'state':14} {'served as':24} path")
     for row in list_models(config.home_path):
         state = "provisioned" if row["provisioned"] else "not pulled"
         print(f"{row['name']:28} {state:14} {configured.get(row['name'], '-'):24} {row['path']}")
-    for model in config.models:
+    for model in config.engine_models:
         if model.source not in {r["name"] for r in list_models(config.home_path)}:
             kind = "local dir" if Path(model.source).expanduser().is_dir() else "hub id"
             print(f"{model.source:28} {kind:14} {model.id:24} (handed to vLLM as is)")

@@ -35,7 +35,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from llm_serve.engine.machine import choose_dtype, cpu_info
 
     cpu = cpu_info()
-    for model in config.models:
+    for model in config.provider_models:
+        say(f"model {model.id}: served by the {model.provider.kind} API at {model.provider.url()}")
+    for model in config.engine_models:
         resolve_model_source(model.source, config.home_path, pull=True)
         dtype, why = choose_dtype(model.engine.dtype, model.engine.accelerator, cpu)
         say(f"engine {model.id}: dtype {dtype} ({why}; {cpu.model}, {cpu.cores} cores)")
@@ -104,7 +106,7 @@ def _split_cpus(config: Config, address: str | None) -> Any:
 
     if not config.ray.isolate_serving_cpus:
         return None
-    engines = [m.engine for m in config.models]
+    engines = [m.engine for m in config.engine_models]
     if address is not None:
         reason = "Ray is not started here"
     elif not engines or any(e.accelerator != "cpu" for e in engines):

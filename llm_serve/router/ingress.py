@@ -45,6 +45,7 @@ from llm_serve.router.observe import Observer
 from llm_serve.router.openapi import install_request_schemas
 from llm_serve.router.pipeline import GenerationPipeline
 from llm_serve.router.prompt_tokens import PromptTokens
+from llm_serve.router.providers.pool import build_upstream_pools
 from llm_serve.router.semantic_cache import SemanticCache
 from llm_serve.router.stages.admit import Admit
 from llm_serve.router.stages.cache import Cache
@@ -81,6 +82,9 @@ class Router:
     ) -> None:
         self.config = config = config if isinstance(config, Config) else Config.model_validate(config)
         self.engines = engines
+        # API pools live in this replica: an HTTP client each, called like an engine handle.
+        self.upstreams = build_upstream_pools(config.provider_models, config.server.request_timeout_s)
+        pools = {**engines, **self.upstreams}
         self.embedders = embedders = embedders or {}
         prompts = prompts or {}
         tracing.setup_tracing(config.telemetry.tracing, "router")
@@ -116,7 +120,7 @@ class Router:
                 ("admit", admit),
                 ("retrieve", Retrieve(config, Retriever(config, embedders), rag_prompt, self.observer)),
                 ("cache_lookup", cache),
-                ("dispatch", Dispatch(config, engines, self.coalescer, self.observer)),
+                ("dispatch", Dispatch(config, pools, self.coalescer, self.observer)),
                 ("respond", Respond(config, cache, self.observer, self.settle)),
             ],
             keys=self.keys,
@@ -126,7 +130,7 @@ class Router:
             settle=self.settle,
         )
         self.embeddings_route = EmbeddingsRoute(
-            config, embedders, set(engines), keys=self.keys, admit=admit, observer=self.observer, settle=self.settle
+            config, embedders, set(pools), keys=self.keys, admit=admit, observer=self.observer, settle=self.settle
         )
         self.model_cards = ModelCards(config, embedders, self.adapters, self.keys)
         self.admin = AdminRoutes(config, self.keys, self.state, self.coalescer)
@@ -229,6 +233,8 @@ class Router:
             yield
         finally:
             await self.batch_runner.stop()
+            for upstream in self.upstreams.values():
+                await upstream.aclose()
 
     async def chat_completions(self, request: Request) -> Response:
         return await self.pipeline.handle(request, "chat")
@@ -242,6 +248,8 @@ class Router:
         return {"status": "ok"}
 
     async def readyz(self) -> JSONResponse:
+        """Ready when this application's own pools answer; an API pool's upstream is outside it (its
+        breaker and the fallbacks deal with an upstream that is down) and does not make the router unready."""
         handles = {**self.engines, **self.embedders}
 
         async def check(model_id: str) -> str:

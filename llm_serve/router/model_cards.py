@@ -38,6 +38,12 @@ class ModelCards:
         return {"id": model_id, "object": "model", "created": self.created, "owned_by": OWNER, **fields}
 
     def model_card(self, model: ModelConfig | EmbedderConfig | RagAlias) -> dict[str, Any]:
+        if isinstance(model, ModelConfig) and model.provider is not None:
+            # The upstream's model name and API kind, never its URL (it may carry an account or deployment).
+            provider = model.provider
+            return self._card(
+                model.id, root=provider.model or model.id, parent=None, type="provider", provider=provider.kind
+            )
         if isinstance(model, ModelConfig):
             return self._card(model.id, root=model.source, parent=None, max_model_len=model.engine.max_model_len)
         if isinstance(model, RagAlias):

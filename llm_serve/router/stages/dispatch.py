@@ -1,7 +1,9 @@
 """Dispatch: send the request to its pool, falling back to the next candidate when a pool fails.
 
-A pool that fails before its first output (an error, an engine error of 5xx, an empty stream) hands
-the request to the next candidate; a timeout does not, since the request's time is spent. Identical
+A pool that fails before its first output (an error, an engine error of 5xx, an empty stream, an
+upstream API's 429 or 5xx) hands the request to the next candidate; a timeout of the request does
+not, since the request's time is spent. Engine pools and API pools (providers/pool.py) are called
+alike, so a fallback may cross from one kind to the other. Identical
 deterministic requests in flight at once share one engine call, and every non-streamed call is driven
 by the router (coalesce.py), so that its usage is known even when the client has left. The stage
 ends with the engine's first result in hand: the respond stage turns it into the client's answer.
@@ -23,6 +25,7 @@ from llm_serve.router.context import RequestContext
 from llm_serve.router.errors import OpenAIError, from_engine_error
 from llm_serve.router.observe import Observer
 from llm_serve.router.pool_health import PoolBreaker, PoolDown
+from llm_serve.router.providers.errors import UpstreamError
 from llm_serve.telemetry import tracing
 
 logger = logging.getLogger("llm_serve.router")
@@ -85,6 +88,12 @@ class Dispatch:
             except BackPressureError:  # the pool's queue is full: overloaded, not broken
                 if last:
                     raise overloaded(ctx, model_id) from None
+                continue
+            except UpstreamError as exc:  # an API pool's upstream said no, or could not be reached
+                if exc.counts:
+                    breaker.failed(exc)
+                if last or not exc.falls_back:
+                    raise exc.client_error() from None
                 continue
             except Exception as exc:
                 cancel_call(results)

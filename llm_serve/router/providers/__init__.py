@@ -1,0 +1,1 @@
+"""API providers (OpenAI, Anthropic, OpenAI-compatible) as pools beside engine pools."""
