@@ -155,7 +155,10 @@ class UpstreamStub:
     async def _forward(self, request: Request, body: dict[str, Any]) -> Response:
         assert self.script.proxy is not None
         client = httpx.AsyncClient(base_url=self.script.proxy, timeout=300)
-        upstream = await client.send(client.build_request("POST", request.url.path, json=body), stream=True)
+        auth = {k: v for k, v in request.headers.items() if k in ("authorization", "x-api-key", "anthropic-version")}
+        upstream = await client.send(
+            client.build_request("POST", request.url.path, json=body, headers=auth), stream=True
+        )
 
         async def relay() -> Any:
             try:

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,9 +51,17 @@ class Stack:
         return {**self.env, **lc.ray_env(self.config)}
 
 
+# The upstream API of the provider tests: vLLM's own OpenAI server, behind a key that the stack's processes
+# (so its router replicas) read from their environment, as a deployment's secrets are.
+UPSTREAM_PORT = 8041
+UPSTREAM_KEY = "sk-itest-upstream-7f3a9c2e5b1d"
+UPSTREAM_KEY_ENV = "LLM_SERVE_TEST_UPSTREAM_KEY"
+UPSTREAM_MODEL = "smollm2-upstream"
+
+
 def _test_env() -> dict[str, str]:
     home = os.environ.get("LLM_SERVE_TEST_HOME") or str(ROOT / ".llm-serve-test")
-    return {**os.environ, "LLM_SERVE_HOME": home, "HF_HUB_OFFLINE": "1"}
+    return {**os.environ, "LLM_SERVE_HOME": home, "HF_HUB_OFFLINE": "1", UPSTREAM_KEY_ENV: UPSTREAM_KEY}
 
 
 def _empty_semantic_cache(config: Config) -> None:
@@ -237,3 +246,87 @@ def batch_router(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
     config["app_name"] = "batch"
     config["batch"] = {"store_url": f"sqlite:///{workdir / 'batches.sqlite'}", "lease_s": 5.0, "poll_s": 0.5}
     return deploy_router(stack, config, "batch", BATCH_PREFIX, workdir)
+
+
+# ---- API pools: vLLM's own server as the upstream, and a scriptable one in front of it ----------------
+
+PROVIDERS_PREFIX = "/providers"
+
+
+@dataclass(frozen=True)
+class Providers:
+    url: str
+    model: str  # the stack's engine pool, which falls back to the API pool `upstream-gpt`
+    stub: Any  # tests/upstream_stub.UpstreamStub, proxying to vLLM's server
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+@pytest.fixture(scope="session")
+def upstream(stack: Stack) -> Iterator[str]:
+    """vLLM's own OpenAI server (its Anthropic Messages endpoint included) on 127.0.0.1, with the suite's model,
+    a key, and the same tool-call format as the stack's pool; the base URL, without /v1."""
+    from llm_serve.config import BUNDLED_CHAT_TEMPLATES
+    from llm_serve.deploy import wait_http_ready
+    from llm_serve.engine.machine import choose_dtype
+    from llm_serve.local_cluster import stop_tree
+    from llm_serve.models import resolve_model_source
+
+    config = stack.config
+    model_dir = resolve_model_source(config.models[0].source, config.home_path, pull=False)
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--served-model-name", UPSTREAM_MODEL, "--host", "127.0.0.1", "--port", str(UPSTREAM_PORT),
+        "--api-key", UPSTREAM_KEY, "--dtype", choose_dtype("auto", "cpu")[0], "--max-model-len", "1024",
+        "--max-num-seqs", "8", "--enforce-eager", "--seed", "0", "--enable-auto-tool-choice",
+        "--tool-call-parser", "hermes", "--tool-strict-level", "parameter",
+        "--chat-template", str(BUNDLED_CHAT_TEMPLATES / "chatml_tools.jinja"),
+    ]  # fmt: skip
+    log = open(Path(config.home_path) / "upstream-vllm.log", "wb")  # noqa: SIM115 - lives as long as the server
+    env = {**stack.env, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "auto"}
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{UPSTREAM_PORT}"
+    try:
+        wait_http_ready(url, 600, path="/health")
+        yield url
+    finally:
+        stop_tree(proc.pid)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def providers(stack: Stack, upstream: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Providers]:
+    """A router whose models are the stack's engine pool (falling back to an API pool) and three API pools:
+    vLLM's server as an OpenAI-compatible upstream and as an Anthropic one, and the scriptable stub."""
+    import yaml
+
+    from tests.upstream_stub import UpstreamStub
+
+    base = yaml.safe_load(CONFIG.read_text())
+    local = base["models"][0]
+    up = {"base_url": f"{upstream}/v1", "model": UPSTREAM_MODEL, "api_key_env": UPSTREAM_KEY_ENV}
+    price = {"input_per_1m": 2.0, "output_per_1m": 8.0}
+    with UpstreamStub() as stub:
+        stub.set(proxy=upstream)
+        base["models"] = [
+            local,
+            {"id": "upstream-gpt", "provider": {"kind": "openai_compatible", "continuous_usage": True, **up},
+             "price": price},
+            {"id": "upstream-claude", "provider": {"kind": "anthropic", "auth_header": "authorization", **up},
+             "price": price},
+            {"id": "flaky-gpt", "provider": {"kind": "openai_compatible", **up, "base_url": f"{stub.url}/v1",
+                                             "max_retries": 0}, "price": price},
+        ]  # fmt: skip
+        base["home"] = stack.env["LLM_SERVE_HOME"]
+        base["app_name"] = "providers"
+        base["cache"]["semantic"]["enabled"] = False
+        base["rag"]["aliases"] = []
+        base["routing"] = {
+            "fallbacks": {local["id"]: ["upstream-gpt"]},
+            "breaker_failures": 2,
+            "breaker_probe_interval_s": 1.0,
+        }
+        url = deploy_router(stack, base, "providers", PROVIDERS_PREFIX, tmp_path_factory.mktemp("providers"))
+        yield Providers(url=url, model=local["id"], stub=stub)

@@ -106,8 +106,10 @@ def test_killing_the_state_actor_loses_no_row_and_keeps_the_budget(stack, tenant
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota", refused.text
 
 
-def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(stack) -> None:
+def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(stack, providers) -> None:
     outcomes: list[tuple[float, float, int]] = []  # (sent at, seconds taken, status)
+    # The provider router's requests for the same model, which falls back to an API pool (vLLM's own server).
+    routed: list[tuple[float, float, int, str]] = []  # (sent at, seconds taken, status, pool that answered)
     stop = threading.Event()
 
     def client() -> None:
@@ -121,7 +123,20 @@ def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(s
                 outcomes.append((sent, time.monotonic() - sent, status))
                 time.sleep(0.5)
 
+    def provider_client() -> None:
+        with httpx.Client(timeout=300) as http:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    resp = http.post(f"{providers.base_url}/chat/completions", json=chat(providers.model))
+                    status, pool = resp.status_code, resp.headers.get("x-llm-serve-model", "")
+                except httpx.HTTPError:
+                    status, pool = 0, ""
+                routed.append((sent, time.monotonic() - sent, status, pool))
+                time.sleep(0.5)
+
     workers = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+    workers.append(threading.Thread(target=provider_client, daemon=True))
     for worker in workers:
         worker.start()
     # The pid first: the lookup takes seconds, and the clock must start at the kill itself.
@@ -140,6 +155,10 @@ def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(s
         assert time.monotonic() < deadline, "the pool never answered again"
         time.sleep(2)
     recovered_at = min(recovered())
+    # The provider router's own breaker for the engine closes at its next probe: answers from the engine again.
+    while not [r for r in routed if r[0] > recovered_at and r[3] == stack.model]:
+        assert time.monotonic() < deadline, "the provider router never went back to the engine pool"
+        time.sleep(1)
     stop.set()
     for worker in workers:
         worker.join(310)
@@ -150,6 +169,10 @@ def test_killing_the_engine_replica_fails_fast_then_recovers_without_a_restart(s
     assert all(s == 503 for _, s in failures), failures  # never a 500, never a client-side timeout
     assert all(d < 60 for d, _ in failures), "failures come quickly, not after the client gives up"
     assert max(d for d, _ in around) < 180, "a request waits a bounded time for the new replica"
+    during = [(d, s, pool) for t, d, s, pool in routed if t + d >= killed_at and t <= recovered_at]
+    print(f"provider router while the engine was down: {len(during)} requests, pools {sorted({p for *_, p in during})}")
+    assert all(s == 200 for _, s, _ in during), during  # the API pool answered what the engine could not
+    assert any(pool == "upstream-gpt" for *_, pool in during), "some requests fell back to the API pool"
 
 
 def test_without_milvus_retrieval_is_503_and_chat_goes_on(stack) -> None:
