@@ -77,3 +77,23 @@ def test_load_test_markdown_quotes_the_report() -> None:
     table = markdown(build_report(results, args, "cmd"))
     assert "| c16 | 100.0 (90.0-120.0) | 100.0 (95.0-105.0) | 1.00 | 210 / 200 | +10 met |" in table
     assert "| c16 against vllm-default | 100.0 | vllm-default: 20.0 | 5.00 | | |" in table
+
+
+def test_provider_overhead_reports_added_latency_as_medians_over_rounds() -> None:
+    from benchmarks.provider_overhead import build_report
+
+    def round_(added: float) -> dict[str, float]:
+        out = {}
+        for kind in ("e2e", "ttft"):
+            for q in ("p50", "p99"):
+                out[f"{kind}_{q}_ms/direct"] = 100.0
+                out[f"{kind}_{q}_ms/llm-serve"] = 100.0 + added
+                out[f"added_{kind}_{q}_ms"] = added
+        return out
+
+    args = argparse.Namespace(pairs=10, max_tokens=16)
+    report = build_report([round_(5.0), round_(9.0), round_(7.0)], args, "python benchmarks/provider_overhead.py")
+    assert report["runs"] == 3 and report["scenario"] == "provider-overhead"
+    assert report["metrics"]["added_e2e_p50_ms@c1"]["value"] == 7.0
+    versus = report["metrics"]["ttft_p99_ms@c1/vs-vllm-direct"]
+    assert versus["baseline"] == "vllm-direct" and versus["ratio"] == 1.07
