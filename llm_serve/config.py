@@ -393,7 +393,13 @@ class ProviderConfig(Strict):
     )
     anthropic_version: str = Field("2023-06-01", description="The `anthropic-version` header (kind anthropic).")
     default_max_tokens: int = Field(
-        4096, ge=1, description="max_tokens sent to Anthropic when the request names none (the API requires it)."
+        4096,
+        ge=1,
+        description="max_tokens sent upstream when the request names none (Anthropic requires one; for every kind "
+        "it bounds the output, so a budget reservation holds).",
+    )
+    context_window: int = Field(
+        128_000, ge=16, description="The upstream model's context length in tokens: the bound of a reservation."
     )
     health_path: str | None = Field(
         "/models",

@@ -303,3 +303,19 @@ def test_a_model_is_an_engine_pool_or_an_api_pool(model: dict[str, Any], message
     assert [m.id for m in config.engine_models] == ["e"] and config.model("p").provider.url().endswith(
         "anthropic.com/v1"
     )
+
+
+async def test_a_budget_reservation_holds_for_an_api_pool(stub, monkeypatch) -> None:
+    """The upstream's output is bounded by the max_tokens llm-serve sends (`default_max_tokens` when the request
+    names none), and the reservation counts that bound at the API pool's price, not an engine's context."""
+    from tests.unit.fakes import auth, keys_config
+
+    client, _ = router_client(stub, monkeypatch, provider={"default_max_tokens": 4096}, **keys_config(budget_usd=0.01))
+    unbounded = await client.post("/v1/chat/completions", json=chat(UP), headers=auth("alice"))
+    assert_openai_error(unbounded, 429, "insufficient_quota")  # 4096 tokens at $6/1M could cost $0.025
+    assert not stub.script.calls
+    bounded = await client.post("/v1/chat/completions", json=chat(UP, max_tokens=5), headers=auth("alice"))
+    assert bounded.status_code == 200, bounded.text
+    free, _ = router_client(stub, monkeypatch, provider={"default_max_tokens": 777})
+    assert (await free.post("/v1/chat/completions", json=chat(UP))).status_code == 200
+    assert stub.script.calls[-1]["body"]["max_tokens"] == 777

@@ -43,6 +43,8 @@ def upstream_body(route: str, body: Any, provider: ProviderConfig, upstream_mode
     allowed = PARAMS[route] | set(provider.pass_params)
     out = {k: v for k, v in fields.items() if k in allowed}
     out["model"] = upstream_model
+    if out.get("max_tokens") is None and out.get("max_completion_tokens") is None:
+        out["max_tokens"] = provider.default_max_tokens  # the output bound the reservation counted on
     if out.get("stream"):
         # Usage at the end is what prices the stream; per-chunk usage only where the upstream has it.
         options = {"include_usage": True}

@@ -33,18 +33,32 @@ class Admit:
             texts = ctx.data.get("input")
             tokens = sum(len(t.encode()) for t in ([texts] if isinstance(texts, str) else texts or []))
             return tokens, ctx.price_factor * self.config.price(ctx.row.model).cost(tokens, 0)
-        model = self.config.model(ctx.row.model)
-        context = model.engine.max_model_len if model is not None else None
-        prompt = await self.prompt_tokens.count(ctx.row.model, ctx.route, ctx.body)
-        if context is not None:
-            prompt = min(prompt, context)  # a longer prompt is refused by the engine, at no cost
-        ctx.prompt_tokens_bound = prompt
-        per_choice = output_cap(ctx.body)[0] or context or 0
-        if context is not None:
-            per_choice = min(per_choice, context)
-        output = choices(ctx.body) * per_choice
-        usd = max(self.config.price(m, ctx.row.adapter).cost(prompt, output) for m in ctx.candidates or [ctx.row.model])
-        return prompt + output, ctx.price_factor * usd
+        counted = await self.prompt_tokens.count(ctx.row.model, ctx.route, ctx.body)
+        asked = output_cap(ctx.body)[0]
+        worst_tokens, worst_usd = 0, 0.0
+        for model_id in ctx.candidates or [ctx.row.model]:  # a fallback may allow more than the primary
+            context, unasked = self._bounds(model_id)
+            prompt = min(counted, context) if context is not None else counted  # longer: refused at no cost
+            per_choice = asked or unasked or 0
+            if context is not None:
+                per_choice = min(per_choice, context)
+            output = choices(ctx.body) * per_choice
+            worst_tokens = max(worst_tokens, prompt + output)
+            worst_usd = max(worst_usd, self.config.price(model_id, ctx.row.adapter).cost(prompt, output))
+            if model_id == ctx.row.model:
+                ctx.prompt_tokens_bound = prompt
+        return worst_tokens, ctx.price_factor * worst_usd
+
+    def _bounds(self, model_id: str) -> tuple[int | None, int | None]:
+        """(context length, output tokens of a request that names no max_tokens) of a pool. An engine's
+        context bounds both; an API pool sends its `default_max_tokens` to the upstream when the request
+        names none, so that bound holds there too."""
+        model = self.config.model(model_id)
+        if model is None:
+            return None, None
+        if model.provider is not None:
+            return model.provider.context_window, model.provider.default_max_tokens
+        return model.engine.max_model_len, model.engine.max_model_len
 
     async def __call__(self, ctx: RequestContext) -> None:
         key = ctx.caller.key
