@@ -172,17 +172,13 @@ class UpstreamStub:
         return StreamingResponse(relay(), status_code=upstream.status_code, media_type=kind)
 
     async def _openai(self, request: Request) -> Response:
-        body = await self._record(request)
-        failure = self._failure()
-        if failure is not None:
-            return failure
-        if self.script.proxy:
-            return await self._forward(request, body)
-        if body.get("stream"):
-            return StreamingResponse(iter(_openai_stream()), media_type="text/event-stream")
-        return JSONResponse(OPENAI_ANSWER)
+        return await self._answer(request, _openai_stream, OPENAI_ANSWER)
 
     async def _anthropic(self, request: Request) -> Response:
+        return await self._answer(request, _anthropic_stream, ANTHROPIC_ANSWER)
+
+    async def _answer(self, request: Request, stream: Any, answer: dict[str, Any]) -> Response:
+        """The scripted failure, the real server's answer (proxy), or the canned one in the API's shape."""
         body = await self._record(request)
         failure = self._failure()
         if failure is not None:
@@ -190,5 +186,5 @@ class UpstreamStub:
         if self.script.proxy:
             return await self._forward(request, body)
         if body.get("stream"):
-            return StreamingResponse(iter(_anthropic_stream()), media_type="text/event-stream")
-        return JSONResponse(ANTHROPIC_ANSWER)
+            return StreamingResponse(iter(stream()), media_type="text/event-stream")
+        return JSONResponse(answer)
