@@ -31,6 +31,8 @@ class Script:
     retry_after: str | None = None
     proxy: str | None = None  # a real server's base URL (without /v1) the healthy calls go to
     error_message: str | None = None  # the text of a failure's error (default: "stub says <status>")
+    cut_after: int | None = None  # a stream's connection is dropped after this many events
+    garbage: bool = False  # a 200 whose body is not JSON (a proxy's error page)
     calls: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -185,6 +187,14 @@ class UpstreamStub:
             return failure
         if self.script.proxy:
             return await self._forward(request, body)
+        if self.script.garbage:
+            return Response("<html>bad gateway</html>", media_type="text/html")
         if body.get("stream"):
-            return StreamingResponse(iter(stream()), media_type="text/event-stream")
+            return StreamingResponse(self._events(stream()), media_type="text/event-stream")
         return JSONResponse(answer)
+
+    async def _events(self, events: list[str]) -> Any:
+        for i, event in enumerate(events):
+            if self.script.cut_after is not None and i >= self.script.cut_after:
+                raise ConnectionResetError("the stub drops the stream")  # uvicorn closes the connection
+            yield event

@@ -319,3 +319,21 @@ async def test_a_budget_reservation_holds_for_an_api_pool(stub, monkeypatch) -> 
     free, _ = router_client(stub, monkeypatch, provider={"default_max_tokens": 777})
     assert (await free.post("/v1/chat/completions", json=chat(UP))).status_code == 200
     assert stub.script.calls[-1]["body"]["max_tokens"] == 777
+
+
+async def test_a_stream_cut_by_the_upstream_ends_with_an_error_event_and_is_priced(stub, monkeypatch) -> None:
+    client, _ = router_client(stub, monkeypatch)
+    stub.set(cut_after=2)
+    async with client.stream("POST", "/v1/chat/completions", json=chat(UP, stream=True)) as resp:
+        assert resp.status_code == 200
+        lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][6:])["error"]
+    assert error["code"] == "upstream_unreachable" and "mid-stream" in error["message"]
+    assert "stub " in "".join(lines[:-2]), "what arrived before the cut was relayed"
+
+
+async def test_an_upstream_body_that_is_not_json_is_a_502(stub, monkeypatch) -> None:
+    client, _ = router_client(stub, monkeypatch)
+    stub.set(garbage=True)
+    assert_openai_error(await client.post("/v1/chat/completions", json=chat(UP)), 502, "upstream_error")

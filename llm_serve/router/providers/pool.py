@@ -34,7 +34,7 @@ import httpx
 
 from llm_serve.config import ModelConfig, ProviderConfig
 from llm_serve.router.providers import anthropic_wire, openai_wire
-from llm_serve.router.providers.errors import UpstreamError, from_status, parse_retry_after, unreachable
+from llm_serve.router.providers.errors import UpstreamError, from_status, parse_retry_after, redact, unreachable
 from llm_serve.sse import DONE_EVENT, sse
 from llm_serve.telemetry import tracing
 
@@ -167,7 +167,7 @@ class UpstreamPool:
             span.set_attribute("http.response.status_code", response.status_code)
             try:
                 if not stream:
-                    yield UpstreamResponse(self._answer(response.json()))
+                    yield UpstreamResponse(self._answer(_json_or_none(response)))
                     return
                 async for batch in self._stream(response):
                     yield batch
@@ -220,7 +220,7 @@ class UpstreamPool:
         if not isinstance(payload, dict):
             raise UpstreamError(
                 502,
-                f"the upstream API of '{self.model_id}' sent a body that is not an object",
+                f"the upstream API of '{self.model_id}' sent a body that is not a JSON object",
                 code="upstream_error",
                 counts=True,
             )
@@ -229,7 +229,16 @@ class UpstreamPool:
         return openai_wire.served_as(payload, self.model_id)
 
     async def _stream(self, response: httpx.Response) -> AsyncIterator[list[str]]:
-        """The upstream's events as the router's SSE strings, one batch per event received."""
+        """The upstream's events as the router's SSE strings; a connection lost mid-stream ends it with an
+        error event (output has started: nothing is retried), which the relay prices and reports."""
+        try:
+            async for batch in self._events(response):
+                yield batch
+        except httpx.HTTPError as exc:
+            error = unreachable(self.model_id, exc)
+            yield [sse({"error": {"message": f"{error.message} mid-stream", "type": "api_error", "code": error.code}})]
+
+    async def _events(self, response: httpx.Response) -> AsyncIterator[list[str]]:
         chunks = anthropic_wire.ChunkStream(self.model_id) if self.provider.kind == "anthropic" else None
         async for kind, data in sse_events(response.aiter_lines()):
             if data == "[DONE]":
@@ -241,6 +250,10 @@ class UpstreamPool:
                 continue
             if not isinstance(payload, dict):
                 continue
+            if "error" in payload or kind == "error":  # the upstream's words, without anything key-shaped
+                payload = {"error": self._redacted_error(payload.get("error", payload))}
+                yield [sse(payload)]
+                continue
             if chunks is not None:
                 out = [sse(c) for c in chunks.feed(kind or payload.get("type", ""), payload)]
                 if kind == "message_stop" or payload.get("type") == "message_stop":
@@ -250,6 +263,15 @@ class UpstreamPool:
                     yield out
                 continue
             yield [sse(openai_wire.served_as(payload, self.model_id))]
+
+    def _redacted_error(self, err: Any) -> dict[str, Any]:
+        message = err.get("message") if isinstance(err, dict) else err
+        kind = err.get("type") if isinstance(err, dict) else None
+        return {
+            "message": redact(str(message or "upstream error"), self.secrets),
+            "type": kind or "api_error",
+            "code": "upstream_error",
+        }
 
     # ---- health --------------------------------------------------------------------------------
 
@@ -269,6 +291,13 @@ class UpstreamPool:
         async for _ in self._results("chat", {**HEALTH_PROMPT, "model": self.upstream_model}, None):
             pass
         logger.debug("upstream of %s answered its probe in %.2f s", self.model_id, time.monotonic() - started)
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:  # not JSON (a proxy's HTML page): _answer reports it as the upstream's failure
+        return None
 
 
 async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str | None, str]]:
