@@ -53,7 +53,7 @@ class Stack:
 
 # The upstream API of the provider tests: vLLM's own OpenAI server, behind a key that the stack's processes
 # (so its router replicas) read from their environment, as a deployment's secrets are.
-UPSTREAM_PORT = 8041
+UPSTREAM_PORT = 8061  # clear of every other port the suite uses (test_training_jobs takes 8041)
 UPSTREAM_KEY = "sk-itest-upstream-7f3a9c2e5b1d"
 UPSTREAM_KEY_ENV = "LLM_SERVE_TEST_UPSTREAM_KEY"
 UPSTREAM_MODEL = "smollm2-upstream"
