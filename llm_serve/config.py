@@ -380,7 +380,11 @@ class ProviderConfig(Strict):
     max_retry_wait_s: float = Field(
         10.0, ge=0, description="Longest Retry-After honoured; an upstream asking for longer fails the call now."
     )
-    max_connections: int = Field(100, ge=1, description="Connections to the upstream per router replica.")
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description="Connections to the upstream per router replica (router.max_inflight_requests by default).",
+    )
     pass_params: list[str] = Field(
         default_factory=list,
         description="Request fields beyond OpenAI's passed on to an OpenAI-shaped upstream (a vLLM upstream "

@@ -33,6 +33,8 @@ class Script:
     error_message: str | None = None  # the text of a failure's error (default: "stub says <status>")
     cut_after: int | None = None  # a stream's connection is dropped after this many events
     garbage: bool = False  # a 200 whose body is not JSON (a proxy's error page)
+    truncate: int | None = None  # a stream ends cleanly after this many events, without its end mark
+    error_in_200: dict[str, Any] | None = None  # an error object sent with status 200 (in a stream: after its start)
     calls: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -189,8 +191,16 @@ class UpstreamStub:
             return await self._forward(request, body)
         if self.script.garbage:
             return Response("<html>bad gateway</html>", media_type="text/html")
+        events = stream()
+        if self.script.error_in_200 is not None:
+            if not body.get("stream"):
+                return JSONResponse({"type": "error", "error": self.script.error_in_200})
+            error = {"type": "error", "error": self.script.error_in_200}
+            events = [events[0], f"event: error\ndata: {json.dumps(error)}\n\n"]
+        if self.script.truncate is not None:
+            events = events[: self.script.truncate]
         if body.get("stream"):
-            return StreamingResponse(self._events(stream()), media_type="text/event-stream")
+            return StreamingResponse(self._events(events), media_type="text/event-stream")
         return JSONResponse(answer)
 
     async def _events(self, events: list[str]) -> Any:

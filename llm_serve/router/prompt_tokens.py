@@ -23,6 +23,9 @@ from typing import Any
 logger = logging.getLogger("llm_serve.router")
 
 MARGIN = 8  # special tokens the engine may add around the rendered template
+# What one image can cost as input at most: OpenAI's high-detail tiling of a 2048 x 2048 image is 1105
+# tokens, Anthropic's estimate for a 1568 px image about 1600; a bound, not a count.
+IMAGE_TOKENS = 1600
 
 
 class PromptTokens:
@@ -106,10 +109,22 @@ def _prompts(prompt: Any) -> list[Any]:
     return list(prompt or [])
 
 
+def _images(content: Any) -> int:
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for p in content if isinstance(p, dict) and p.get("type") in ("image_url", "input_image", "image"))
+
+
 def bound(route: str, body: Any, overhead_tokens: int) -> int:
-    """An upper bound without a tokenizer: UTF-8 bytes of every text, token ids as they are, plus overhead."""
+    """An upper bound without a tokenizer: UTF-8 bytes of every text (tool-call arguments included), token
+    ids as they are, `IMAGE_TOKENS` per image, plus overhead."""
     if route == "chat":
-        size = sum(len(_text(m.get("content")).encode()) + len(str(m.get("role", ""))) for m in body.messages)
+        size = 0
+        for m in body.messages:
+            size += len(_text(m.get("content")).encode()) + len(str(m.get("role", "")))
+            size += IMAGE_TOKENS * _images(m.get("content"))
+            if m.get("tool_calls"):
+                size += len(json.dumps([_plain(c) for c in m["tool_calls"]], default=str).encode())
         if body.tools:
             size += len(json.dumps([_plain(t) for t in body.tools], default=str))
         return size + overhead_tokens

@@ -152,7 +152,8 @@ def test_upstream_statuses_map_to_what_the_client_can_act_on() -> None:
         400, "context_length_exceeded", False, False)  # fmt: skip
     assert mapped(422) == (422, "invalid_value", False, False)
     assert mapped(500) == (502, "upstream_error", True, True)
-    assert mapped(529) == (503, "upstream_overloaded", True, True)
+    assert mapped(503) == (503, "upstream_overloaded", True, True)
+    assert mapped(529) == (503, "upstream_overloaded", False, True), "Anthropic's 529 is busy, not broken"
     assert KEY not in from_status(500, {"error": {"message": f"bad key {KEY}"}}, "m", (KEY,), None).message
     assert "sk-ab" not in redact("Incorrect API key provided: sk-ab***wxyz")
 
@@ -329,7 +330,7 @@ async def test_a_stream_cut_by_the_upstream_ends_with_an_error_event_and_is_pric
         lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
     error = json.loads(lines[-2][6:])["error"]
-    assert error["code"] == "upstream_unreachable" and "mid-stream" in error["message"]
+    assert error["code"] == "upstream_error" and "mid-stream" in error["message"]
     assert "stub " in "".join(lines[:-2]), "what arrived before the cut was relayed"
 
 
@@ -337,3 +338,49 @@ async def test_an_upstream_body_that_is_not_json_is_a_502(stub, monkeypatch) -> 
     client, _ = router_client(stub, monkeypatch)
     stub.set(garbage=True)
     assert_openai_error(await client.post("/v1/chat/completions", json=chat(UP)), 502, "upstream_error")
+
+
+@pytest.mark.parametrize("model", [UP, CLAUDE])
+async def test_a_stream_that_stops_without_its_end_is_not_passed_off_as_complete(stub, monkeypatch, model) -> None:
+    client, _ = router_client(stub, monkeypatch)
+    stub.set(truncate=3)
+    async with client.stream("POST", "/v1/chat/completions", json=chat(model, stream=True)) as resp:
+        lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["error"]["code"] == "upstream_error"
+
+
+async def test_an_error_the_upstream_sends_with_200_is_its_error_not_an_answer(stub, monkeypatch) -> None:
+    client, _ = router_client(stub, monkeypatch, routing={"fallbacks": {CLAUDE: [A]}})
+    stub.set(error_in_200={"type": "overloaded_error", "message": "Overloaded"})
+    plain = await client.post("/v1/chat/completions", json=chat(CLAUDE))
+    assert plain.status_code == 200 and plain.json()["model"] == A, "an overloaded upstream hands over"
+    streamed = await stream_payloads(client, chat(CLAUDE))
+    assert {p["model"] for p in streamed} == {A}, "an error before any output is an error, not a 200 stream"
+    alone, _ = router_client(stub, monkeypatch)
+    assert_openai_error(await alone.post("/v1/chat/completions", json=chat(CLAUDE)), 503, "upstream_overloaded")
+
+
+async def test_openai_gets_max_completion_tokens_and_images_are_reserved(stub, monkeypatch) -> None:
+    from tests.unit.fakes import auth, keys_config
+
+    config = parse_config(
+        {
+            "models": [{"id": "gpt", "provider": {"kind": "openai", "base_url": f"{stub.url}/v1", "max_retries": 0},
+                        "price": {"input_per_1m": 10.0, "output_per_1m": 10.0}}],
+            "embedding_models": [],
+            **keys_config(budget_usd=0.01),
+        }
+    )  # fmt: skip
+    app = Router(config, {}, {}, None, state=RouterState(config)).build_asgi_app()
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    resp = await http.post("/v1/chat/completions", json=chat("gpt", max_tokens=3), headers=auth("alice"))
+    assert resp.status_code == 200, resp.text
+    assert (
+        stub.script.calls[-1]["body"]["max_completion_tokens"] == 3
+        and "max_tokens" not in stub.script.calls[-1]["body"]
+    )
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+    many = {"role": "user", "content": [{"type": "text", "text": "what?"}] + [image] * 1000}
+    body = {"model": "gpt", "messages": [many], "max_tokens": 3}
+    refused = await http.post("/v1/chat/completions", json=body, headers=auth("alice"))
+    assert_openai_error(refused, 429, "insufficient_quota")  # 1000 images x 1600 tokens at $10/1M: $16

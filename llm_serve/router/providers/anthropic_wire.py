@@ -36,6 +36,7 @@ FINISH_REASONS = {
     "max_tokens": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+    "model_context_window_exceeded": "length",
     "pause_turn": "stop",
 }
 
@@ -81,7 +82,7 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+def _tool_use(call: dict[str, Any], n: int) -> dict[str, Any]:
     function = call.get("function") or {}
     try:
         arguments = json.loads(function.get("arguments") or "{}")
@@ -89,7 +90,7 @@ def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
         arguments = {"arguments": function.get("arguments")}
     return {
         "type": "tool_use",
-        "id": call.get("id") or "toolu_0",
+        "id": call.get("id") or f"toolu_{n}",
         "name": function.get("name", ""),
         "input": arguments if isinstance(arguments, dict) else {"value": arguments},
     }
@@ -116,7 +117,9 @@ def messages_of(chat_messages: list[dict[str, Any]]) -> tuple[str | None, list[d
                 ],
             )
         elif role == "assistant":
-            blocks = _blocks(message.get("content")) + [_tool_use(c) for c in message.get("tool_calls") or []]
+            blocks = _blocks(message.get("content")) + [
+                _tool_use(c, n) for n, c in enumerate(message.get("tool_calls") or [])
+            ]
         else:
             role, blocks = "user", _blocks(message.get("content"))
         if not blocks:
@@ -284,7 +287,9 @@ class ChunkStream:
             if delta.get("type") == "text_delta":
                 return [self._chunk({"content": delta.get("text", "")})]
             if delta.get("type") == "input_json_delta":
-                index = self.tool_of_block.get(int(data.get("index", 0)), 0)
+                index = self.tool_of_block.get(int(data.get("index", 0)))
+                if index is None:  # arguments for a block that opened no tool call
+                    return []
                 call = {"index": index, "function": {"arguments": delta.get("partial_json", "")}}
                 return [self._chunk({"tool_calls": [call]})]
             return []

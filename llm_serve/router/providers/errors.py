@@ -87,16 +87,21 @@ def from_status(
             counts=False,
             retry_after_s=retry_after_s,
         )
-    if status in (400, 413, 422) and "context" in message.lower() and "length" in message.lower():
+    lowered = message.lower()
+    too_long = ("context" in lowered and "length" in lowered) or "prompt is too long" in lowered
+    code = redact(code, secrets) if code else None
+    param = redact(param, secrets) if param else None
+    if status in (400, 413, 422) and too_long:
         return UpstreamError(400, message, code="context_length_exceeded", counts=False, falls_back=False, param=param)
     if status in (400, 413, 422):
         return UpstreamError(status, message, code=code or "invalid_value", counts=False, falls_back=False, param=param)
-    if status in (503, 529):  # overloaded (529 is Anthropic's)
+    if status in (503, 529):
+        # Anthropic's 529 says busy (like a 429); a 503 is what a gateway says for a service that is down.
         return UpstreamError(
             503,
             f"{where} is overloaded (HTTP {status}): {message}",
             code="upstream_overloaded",
-            counts=True,
+            counts=status == 503,
             retry_after_s=retry_after_s,
         )
     return UpstreamError(502, f"{where} failed (HTTP {status}): {message}", code="upstream_error", counts=True)
@@ -114,6 +119,18 @@ def unreachable(model_id: str, exc: BaseException) -> UpstreamError:
         )
     return UpstreamError(
         502, f"the upstream API of '{model_id}' is unreachable ({name})", code="upstream_unreachable", counts=True
+    )
+
+
+def busy(model_id: str) -> UpstreamError:
+    """Every connection to the upstream is in use in this replica: this router is busy, the upstream is not
+    at fault (nothing counts against its breaker)."""
+    return UpstreamError(
+        503,
+        f"every connection to the upstream API of '{model_id}' is in use; try again shortly",
+        code="overloaded",
+        counts=False,
+        retry_after_s=1.0,
     )
 
 

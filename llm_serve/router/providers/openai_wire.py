@@ -45,6 +45,10 @@ def upstream_body(route: str, body: Any, provider: ProviderConfig, upstream_mode
     out["model"] = upstream_model
     if out.get("max_tokens") is None and out.get("max_completion_tokens") is None:
         out["max_tokens"] = provider.default_max_tokens  # the output bound the reservation counted on
+    if provider.kind == "openai" and route == "chat" and "max_tokens" in out:
+        # OpenAI's reasoning models refuse `max_tokens`; every current chat model takes this name.
+        limit = out.pop("max_tokens")
+        out.setdefault("max_completion_tokens", limit)
     if out.get("stream"):
         # Usage at the end is what prices the stream; per-chunk usage only where the upstream has it.
         options = {"include_usage": True}

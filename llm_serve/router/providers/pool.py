@@ -23,6 +23,7 @@ any upstream message passed on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import httpx
 
 from llm_serve.config import ModelConfig, ProviderConfig
 from llm_serve.router.providers import anthropic_wire, openai_wire
-from llm_serve.router.providers.errors import UpstreamError, from_status, parse_retry_after, redact, unreachable
+from llm_serve.router.providers.errors import UpstreamError, busy, from_status, parse_retry_after, unreachable
 from llm_serve.sse import DONE_EVENT, sse
 from llm_serve.telemetry import tracing
 
@@ -43,6 +44,10 @@ logger = logging.getLogger("llm_serve.router")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+# Errors raised before the request left this process: safe to retry, nothing was generated or billed. A
+# read timeout or a broken response may follow a generation the upstream bills, so those are not retried.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 HEALTH_PROMPT = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
 
 
@@ -60,6 +65,38 @@ class UpstreamResponse:
     def usage(self) -> dict[str, Any] | None:
         usage = self.payload.get("usage")
         return usage if isinstance(usage, dict) else None
+
+
+class UpstreamCall:
+    """One upstream call's results: an async iterator with `cancel()`, as a Serve response stream has.
+
+    Closing a bare async generator right after the task stepping it was cancelled fails ("aclose(): the
+    generator is already running") while its cleanup still awaits the connection's close; `cancel`
+    waits for that step to end first.
+    """
+
+    CLOSE_WAIT_S = 5.0
+
+    def __init__(self, results: AsyncIterator[Any]) -> None:
+        self._results = results
+        self._closing: asyncio.Task[None] | None = None
+
+    def __aiter__(self) -> UpstreamCall:
+        return self
+
+    def __anext__(self) -> Any:
+        return self._results.__anext__()
+
+    def cancel(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+
+    async def _close(self) -> None:
+        deadline = time.monotonic() + self.CLOSE_WAIT_S
+        while getattr(self._results, "ag_running", False) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        with contextlib.suppress(Exception):
+            await self._results.aclose()  # type: ignore[attr-defined]
 
 
 class _Method:
@@ -83,7 +120,8 @@ class UpstreamPool:
         self.request_timeout_s = request_timeout_s
         self.base_url = self.provider.url()
         self.key_env = self.provider.api_key_env
-        self._key = os.environ.get(self.key_env, "") if self.key_env else ""
+        # Stripped: a key mounted from a secret file often ends in a newline, which no HTTP header may hold.
+        self._key = os.environ.get(self.key_env, "").strip() if self.key_env else ""
         self._client: httpx.AsyncClient | None = None
         self.chat = _Method(self, "chat")
         self.completions = _Method(self, "completions")
@@ -149,16 +187,22 @@ class UpstreamPool:
         path = "/chat/completions" if route == "chat" else "/completions"
         return path, openai_wire.upstream_body(route, body, self.provider, self.upstream_model)
 
-    def call(self, route: str, body: Any, info: Any = None) -> AsyncIterator[Any]:
+    def call(self, route: str, body: Any, info: Any = None) -> UpstreamCall:
         """The call's results, as an engine's: [one response] or batches of SSE events."""
-        return self._results(route, body, info)
+        return UpstreamCall(self._results(route, body, info))
 
     async def _results(self, route: str, body: Any, info: Any) -> AsyncIterator[Any]:
         path, payload = self._request(route, body)
         stream = bool(payload.get("stream"))
-        trace_headers = dict(getattr(info, "headers", None) or {})
+        carried = dict(getattr(info, "headers", None) or {})
         # Started, not made current: this generator resumes in whichever task reads it next.
-        span = tracing.tracer().start_span("llm_serve.provider.call", context=tracing.context_from(trace_headers))
+        span = tracing.tracer().start_span("llm_serve.provider.call", context=tracing.context_from(carried))
+        # The trace continues into a self-hosted upstream; a third party's API gets no trace ids or baggage.
+        trace_headers = (
+            {k: v for k, v in carried.items() if k in TRACE_HEADERS}
+            if self.provider.kind == "openai_compatible"
+            else {}
+        )
         span.set_attribute("gen_ai.system", self.provider.kind)
         span.set_attribute("gen_ai.request.model", self.upstream_model)
         span.set_attribute("server.address", httpx.URL(self.base_url).host or "")
@@ -182,23 +226,31 @@ class UpstreamPool:
     async def _send(
         self, path: str, payload: dict[str, Any], stream: bool, headers: dict[str, str], span: Any
     ) -> httpx.Response:
-        """The upstream's 2xx response (headers read, body not yet for a stream), after retries."""
+        """The upstream's 2xx response (headers read, and the body too unless it streams), after retries."""
         client, p = self.client(), self.provider
+        # A non-streamed answer's first byte is the whole answer: it may take the request's whole time.
+        read = p.timeout_s if stream else max(p.timeout_s, self.request_timeout_s)
+        timeout = httpx.Timeout(read, connect=p.connect_timeout_s, pool=p.connect_timeout_s)
         attempt = 0
         while True:
             attempt += 1
             span.set_attribute("llm_serve.provider.attempts", attempt)
+            wait: float | None = None
             try:
-                request = client.build_request("POST", path, json=payload, headers=headers)
+                request = client.build_request("POST", path, json=payload, headers=headers, timeout=timeout)
                 response = await client.send(request, stream=True)
+            except httpx.PoolTimeout:
+                raise busy(self.model_id) from None
+            except NOT_SENT as exc:
+                error = unreachable(self.model_id, exc)
             except httpx.HTTPError as exc:
-                error, wait = unreachable(self.model_id, exc), None
+                raise unreachable(self.model_id, exc) from None
             else:
                 if response.status_code < 300:
                     if not stream:
-                        await response.aread()
+                        await self._read(response)
                     return response
-                body = await response.aread()
+                body = await self._read(response)
                 await response.aclose()
                 try:
                     parsed = json.loads(body)
@@ -216,33 +268,68 @@ class UpstreamPool:
             logger.info("upstream of %s: %s; retry %d in %.1f s", self.model_id, error.code, attempt, delay)
             await asyncio.sleep(delay)
 
+    async def _read(self, response: httpx.Response) -> bytes:
+        try:
+            return await response.aread()
+        except httpx.HTTPError as exc:
+            await response.aclose()
+            raise unreachable(self.model_id, exc) from None
+
     def _answer(self, payload: Any) -> dict[str, Any]:
-        if not isinstance(payload, dict):
+        """A 2xx body that is an answer, in chat shape; anything else (a proxy's page, an error object sent
+        with 200) is the upstream's failure, never an answer to serve or cache."""
+        anthropic = self.provider.kind == "anthropic"
+        if isinstance(payload, dict) and "error" in payload:
+            raise self._error_event(payload["error"])
+        ok = isinstance(payload, dict) and (
+            isinstance(payload.get("content"), list) if anthropic else isinstance(payload.get("choices"), list)
+        )
+        if not ok:
             raise UpstreamError(
                 502,
-                f"the upstream API of '{self.model_id}' sent a body that is not a JSON object",
+                f"the upstream API of '{self.model_id}' answered 2xx without an answer in its body",
                 code="upstream_error",
                 counts=True,
             )
-        if self.provider.kind == "anthropic":
+        if anthropic:
             return anthropic_wire.chat_completion(payload, self.model_id)
         return openai_wire.served_as(payload, self.model_id)
 
     async def _stream(self, response: httpx.Response) -> AsyncIterator[list[str]]:
-        """The upstream's events as the router's SSE strings; a connection lost mid-stream ends it with an
-        error event (output has started: nothing is retried), which the relay prices and reports."""
+        """The upstream's events as the router's SSE strings.
+
+        An error before any output is raised (the dispatch stage maps it and may fall back); once output
+        has been relayed it ends the stream as an error event, priced for what was relayed, as does a
+        connection lost mid-stream or a stream that stops without its end mark: nothing is retried then,
+        and a cut answer never looks complete.
+        """
+        started = False
         try:
             async for batch in self._events(response):
+                if not started and batch and isinstance(batch[0], UpstreamError):
+                    raise batch[0]
+                if batch and isinstance(batch[0], UpstreamError):
+                    yield [sse({"error": batch[0].client_error().body()["error"]})]
+                    return
+                started = True
                 yield batch
+                if batch and batch[-1] == DONE_EVENT:
+                    return
+            failure = f"the upstream API of '{self.model_id}' ended the stream before its end"
         except httpx.HTTPError as exc:
-            error = unreachable(self.model_id, exc)
-            yield [sse({"error": {"message": f"{error.message} mid-stream", "type": "api_error", "code": error.code}})]
+            if not started:
+                raise unreachable(self.model_id, exc) from None
+            failure = f"{unreachable(self.model_id, exc).message} mid-stream"
+        yield [sse({"error": {"message": failure, "type": "api_error", "param": None, "code": "upstream_error"}})]
 
-    async def _events(self, response: httpx.Response) -> AsyncIterator[list[str]]:
+    async def _events(self, response: httpx.Response) -> AsyncIterator[list[Any]]:
+        """Batches of SSE strings; an upstream error event as [UpstreamError]. Anthropic's message_start
+        is held back until the next event, so an error right after it still counts as before any output."""
         chunks = anthropic_wire.ChunkStream(self.model_id) if self.provider.kind == "anthropic" else None
+        held: list[str] = []
         async for kind, data in sse_events(response.aiter_lines()):
             if data == "[DONE]":
-                yield [DONE_EVENT]
+                yield [*held, DONE_EVENT]
                 return
             try:
                 payload = json.loads(data)
@@ -250,28 +337,31 @@ class UpstreamPool:
                 continue
             if not isinstance(payload, dict):
                 continue
-            if "error" in payload or kind == "error":  # the upstream's words, without anything key-shaped
-                payload = {"error": self._redacted_error(payload.get("error", payload))}
-                yield [sse(payload)]
+            if "error" in payload or kind == "error":
+                yield [self._error_event(payload.get("error", payload))]
+                return
+            if chunks is None:
+                yield [sse(openai_wire.served_as(payload, self.model_id))]
                 continue
-            if chunks is not None:
-                out = [sse(c) for c in chunks.feed(kind or payload.get("type", ""), payload)]
-                if kind == "message_stop" or payload.get("type") == "message_stop":
-                    yield [*out, DONE_EVENT]
-                    return
-                if out:
-                    yield out
-                continue
-            yield [sse(openai_wire.served_as(payload, self.model_id))]
+            kind = kind or payload.get("type", "")
+            out = held + [sse(c) for c in chunks.feed(kind, payload)]
+            if kind == "message_stop":
+                yield [*out, DONE_EVENT]
+                return
+            if kind == "message_start":
+                held = out
+            elif out:
+                held = []
+                yield out
 
-    def _redacted_error(self, err: Any) -> dict[str, Any]:
+    def _error_event(self, err: Any) -> UpstreamError:
+        """An error the upstream sent in a 2xx body or stream (Anthropic's `overloaded_error`, ...), redacted."""
         message = err.get("message") if isinstance(err, dict) else err
-        kind = err.get("type") if isinstance(err, dict) else None
-        return {
-            "message": redact(str(message or "upstream error"), self.secrets),
-            "type": kind or "api_error",
-            "code": "upstream_error",
-        }
+        kind = str(err.get("type") or "") if isinstance(err, dict) else ""
+        status = {"overloaded_error": 529, "rate_limit_error": 429, "invalid_request_error": 400}.get(kind, 502)
+        return from_status(
+            status, {"error": {"message": str(message or kind or "error")}}, self.model_id, self.secrets, None
+        )
 
     # ---- health --------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from llm_serve.config import Config
 from llm_serve.router.context import RequestContext
 from llm_serve.router.errors import OpenAIError
-from llm_serve.router.prompt_tokens import PromptTokens
+from llm_serve.router.prompt_tokens import PromptTokens, bound
 from llm_serve.router.quota import KeyQuota
 from llm_serve.router.stages.limits import choices, output_cap
 from llm_serve.router.state import StateClient, StateUnavailable
@@ -34,11 +34,16 @@ class Admit:
             tokens = sum(len(t.encode()) for t in ([texts] if isinstance(texts, str) else texts or []))
             return tokens, ctx.price_factor * self.config.price(ctx.row.model).cost(tokens, 0)
         counted = await self.prompt_tokens.count(ctx.row.model, ctx.route, ctx.body)
+        # An API pool's tokenizer is not the router's: its prompts count by the byte bound, whatever the
+        # primary pool's tokenizer said.
+        unknown = max(counted, bound(ctx.route, ctx.body, self.prompt_tokens.overhead_tokens))
         asked = output_cap(ctx.body)[0]
         worst_tokens, worst_usd = 0, 0.0
         for model_id in ctx.candidates or [ctx.row.model]:  # a fallback may allow more than the primary
             context, unasked = self._bounds(model_id)
-            prompt = min(counted, context) if context is not None else counted  # longer: refused at no cost
+            model = self.config.model(model_id)
+            own = unknown if model is not None and model.provider is not None else counted
+            prompt = min(own, context) if context is not None else own  # longer: refused at no cost
             per_choice = asked or unasked or 0
             if context is not None:
                 per_choice = min(per_choice, context)

@@ -90,7 +90,7 @@ class Dispatch:
                     raise overloaded(ctx, model_id) from None
                 continue
             except UpstreamError as exc:  # an API pool's upstream said no, or could not be reached
-                if exc.counts:
+                if exc.counts and (ctx.flight is None or ctx.owns_flight):  # once per call, not per follower
                     breaker.failed(exc)
                 if last or not exc.falls_back:
                     raise exc.client_error() from None
