@@ -34,15 +34,18 @@ class Admit:
             tokens = sum(len(t.encode()) for t in ([texts] if isinstance(texts, str) else texts or []))
             return tokens, ctx.price_factor * self.config.price(ctx.row.model).cost(tokens, 0)
         counted = await self.prompt_tokens.count(ctx.row.model, ctx.route, ctx.body)
-        # An API pool's tokenizer is not the router's: its prompts count by the byte bound, whatever the
-        # primary pool's tokenizer said.
-        unknown = max(counted, bound(ctx.route, ctx.body, self.prompt_tokens.overhead_tokens))
+        pools = [(m, self._bounds(m)) for m in ctx.candidates or [ctx.row.model]]
+        # An API pool's tokenizer is not the router's: its prompts count by the byte bound too, whatever the
+        # primary pool's tokenizer said (computed only when an API pool is a candidate).
+        unknown = (
+            max(counted, bound(ctx.route, ctx.body, self.prompt_tokens.overhead_tokens))
+            if any(api for _, (_, _, api) in pools)
+            else counted
+        )
         asked = output_cap(ctx.body)[0]
         worst_tokens, worst_usd = 0, 0.0
-        for model_id in ctx.candidates or [ctx.row.model]:  # a fallback may allow more than the primary
-            context, unasked = self._bounds(model_id)
-            model = self.config.model(model_id)
-            own = unknown if model is not None and model.provider is not None else counted
+        for model_id, (context, unasked, api) in pools:  # a fallback may allow more than the primary
+            own = unknown if api else counted
             prompt = min(own, context) if context is not None else own  # longer: refused at no cost
             per_choice = asked or unasked or 0
             if context is not None:
@@ -54,16 +57,16 @@ class Admit:
                 ctx.prompt_tokens_bound = prompt
         return worst_tokens, ctx.price_factor * worst_usd
 
-    def _bounds(self, model_id: str) -> tuple[int | None, int | None]:
-        """(context length, output tokens of a request that names no max_tokens) of a pool. An engine's
-        context bounds both; an API pool sends its `default_max_tokens` to the upstream when the request
-        names none, so that bound holds there too."""
+    def _bounds(self, model_id: str) -> tuple[int | None, int | None, bool]:
+        """(context length, output tokens of a request that names no max_tokens, whether it is an API pool).
+        An engine's context bounds both; an API pool sends its `default_max_tokens` to the upstream when the
+        request names none, so that bound holds there too."""
         model = self.config.model(model_id)
         if model is None:
-            return None, None
+            return None, None, False
         if model.provider is not None:
-            return model.provider.context_window, model.provider.default_max_tokens
-        return model.engine.max_model_len, model.engine.max_model_len
+            return model.provider.context_window, model.provider.default_max_tokens, True
+        return model.engine.max_model_len, model.engine.max_model_len, False
 
     async def __call__(self, ctx: RequestContext) -> None:
         key = ctx.caller.key
