@@ -912,6 +912,23 @@ class GroundednessMonitorConfig(Strict):
     window: int = Field(200, ge=1, description="Recent scored answers the hallucination-rate gauge is computed over.")
 
 
+class TrackingConfig(Strict):
+    """MLflow tracking of evaluation runs, prompt versions and training jobs (llm_serve/tracking.py)."""
+
+    enabled: bool = Field(True, description="Log eval runs, locked prompt versions and training jobs to MLflow.")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http://..., databricks, sqlite:///...). Default: $MLFLOW_TRACKING_URI, "
+        "else a SQLite store at <home>/mlflow/mlflow.db that `mlflow ui --backend-store-uri` opens.",
+    )
+    artifact_root: str | None = Field(
+        None, description="Where new experiments keep artifacts (results files); default <home>/mlflow/artifacts."
+    )
+    eval_experiment: str = Field("llm-serve-eval", description="Experiment of `llm-serve eval` runs.")
+    training_experiment: str = Field("llm-serve-training", description="Experiment of fine-tuning jobs.")
+    promotion_experiment: str = Field("llm-serve-promotions", description="Experiment of promotion decisions.")
+
+
 class TelemetryConfig(Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
@@ -947,6 +964,7 @@ class Config(Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:

@@ -91,8 +91,17 @@ def run(
         trace_id = tracing.trace_id_of(span)
         if trace_id:
             say(f"trace id: {trace_id}")
+        from train.tracking import TrainingRun
+
+        tracked = TrainingRun(config, say)
+        tracked.start(cfg, job_id or submission_id() or cfg.name, project_path(cfg.data.path))
         try:
-            result = _run(cfg, config, address=address, job_id=job_id, say=say)
+            try:
+                result = _run(cfg, config, address=address, job_id=job_id, say=say)
+            except BaseException:
+                tracked.fail()
+                raise
+            tracked.finish(result, cfg.output.registry or default_registry(config))
             span.set_attributes(
                 {k: v for k, v in _span_metrics(result.metrics).items() if isinstance(v, int | float | str)}
             )

@@ -27,6 +27,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             embedding_model=args.judge_embedding_model,
             api_key=args.judge_api_key,
         )
+    from llm_serve.eval.report import Gate
+
+    try:
+        gates = [Gate.parse(spec, "min", "--min").spec for spec in args.min or []]
+        gates += [Gate.parse(spec, "max", "--max").spec for spec in args.max or []]
+        gates += [Gate.parse(spec).spec for spec in args.gate or []]
+    except UsageError as exc:
+        say(f"error: {exc}")
+        return 2
     options = EvalOptions(
         dataset=args.dataset,
         endpoint=args.endpoint,
@@ -34,7 +43,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         rag=args.rag,
         compare=args.compare or [],
-        gates=args.min or [],
+        gates=gates,
         judge=judge,
         out=args.out,
         limit=args.limit,
@@ -44,6 +53,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_errors=args.max_errors,
         no_cache=args.no_cache,
         progress=not args.no_progress,
+        tracking=not args.no_tracking,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        run_name=args.run_name,
     )
     try:
         outcome = run_eval(options)
@@ -83,6 +96,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="METRIC=VALUE",
         help="fail (exit 1) when the primary's mean METRIC is below VALUE; repeatable",
     )
+    ev.add_argument(
+        "--max",
+        action="append",
+        metavar="METRIC=VALUE",
+        help="fail (exit 1) when the primary's mean METRIC is above VALUE (toxicity, latency...); repeatable",
+    )
+    ev.add_argument(
+        "--gate",
+        action="append",
+        metavar="METRIC=VALUE[:min|:max]",
+        help="a gate in the metric's own sense (a maximum for toxicity, hallucination_rate, avg_response_time_s, "
+        "avg_tokens_used; a minimum otherwise) unless :min or :max says; repeatable",
+    )
     ev.add_argument("--judge-endpoint", metavar="URL", help="OpenAI-compatible judge for faithfulness/answer_relevancy")
     ev.add_argument("--judge-model", metavar="M", help="the judge's chat model id")
     ev.add_argument("--judge-embedding-model", metavar="E", help="embedding model id on the judge (answer_relevancy)")
@@ -113,4 +139,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--no-cache", action="store_true", help="ask llm-serve not to answer from its caches")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    ev.add_argument("--no-tracking", action="store_true", help="do not log the run to MLflow")
+    ev.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: config, $MLFLOW_TRACKING_URI, <home>/mlflow/)",
+    )
+    ev.add_argument("--experiment", metavar="NAME", help="MLflow experiment (default llm-serve-eval)")
+    ev.add_argument("--run-name", metavar="NAME", help="name of the MLflow parent run (default: eval <dataset file>)")
     ev.set_defaults(func=cmd_eval)

@@ -103,10 +103,36 @@ def cmd_prompts_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts_lock(args: argparse.Namespace) -> int:
-    from llm_serve.prompts.registry import default_prompts_dir, write_lock
+    from llm_serve.prompts.registry import PromptRegistry, default_prompts_dir, write_lock
 
-    file, added = write_lock(args.dir or default_prompts_dir())
+    directory = args.dir or default_prompts_dir()
+    file, added = write_lock(directory)
     print(f"locked {', '.join(added)} in {file}" if added else f"{file} is up to date")
+    if args.no_tracking:
+        return 0
+    return register_locked(PromptRegistry.load(directory), args.tracking_uri)
+
+
+def register_locked(registry: Any, uri: str | None) -> int:
+    """Every locked version into MLflow's prompt registry, not only the new ones: registering is idempotent
+    (matched by content hash), so a store created after the lock, or a run that failed halfway, catches up."""
+    from llm_serve.config import load_config
+    from llm_serve.tracking import Tracker
+
+    config = load_config()
+    if not config.tracking.enabled and uri is None:
+        return 0
+    try:
+        tracker = Tracker.from_config(config, uri)
+        registered = []
+        for key in registry.lock_entries():
+            name, _, version = key.partition("@")
+            number = tracker.register_prompt(registry.get(name, version))
+            registered.append(f"{key} -> prompts:/{name}/{number}")
+    except Exception as exc:  # MlflowException, sqlalchemy's, OSError: the lock itself is written already
+        say(f"warning: prompts not registered in MLflow: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        return 1
+    say(f"mlflow: {len(registered)} version(s) in the prompt registry at {tracker.uri}: {', '.join(registered)}")
     return 0
 
 
@@ -124,6 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     diff.add_argument("b", metavar="NAME@B")
     diff.set_defaults(func=_prompt_command(cmd_prompts_diff))
     lock = prompts.add_parser("lock", help="record every version's content hash in prompts.lock")
+    lock.add_argument("--no-tracking", action="store_true", help="do not register the versions in MLflow")
+    lock.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: the config's)")
     lock.set_defaults(func=_prompt_command(cmd_prompts_lock))
     for leaf in (prompt_list, show, diff, lock):
         leaf.add_argument("--dir", help="prompts directory (default: ./configs/prompts, else the bundled one)")

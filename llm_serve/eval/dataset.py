@@ -14,7 +14,9 @@ from typing import Any
 
 from llm_serve.jsonl import LineErrors, read_objects
 
-KNOWN_KEYS = frozenset({"id", "question", "reference", "reference_contexts", "variables", "must_contain"})
+KNOWN_KEYS = frozenset(
+    {"id", "question", "reference", "reference_contexts", "variables", "must_contain", "expect_json"}
+)
 
 
 class DatasetError(ValueError):
@@ -36,6 +38,9 @@ class EvalRow:
     reference_contexts: tuple[str, ...] = ()
     variables: dict[str, Any] | None = None
     must_contain: tuple[str, ...] = ()
+    # `expect_json`: the answer must parse as JSON (json_parse_success_rate); a schema also validates it.
+    expect_json: bool = False
+    json_schema: dict[str, Any] | None = None
 
     def prompt_variables(self) -> dict[str, Any]:
         """What a registry prompt is rendered with: the row's own `variables`, else the question.
@@ -63,6 +68,21 @@ def _texts(value: Any, what: str) -> str | None:
     return None
 
 
+def _expect_json(value: Any) -> str | None:
+    """`true`/`false`, or a JSON Schema the answer must also satisfy (checked here, not on row 300)."""
+    if isinstance(value, bool):
+        return None
+    if not isinstance(value, dict):
+        return f"'expect_json' must be true, false or a JSON Schema object, got {type(value).__name__}"
+    from jsonschema import exceptions, validators
+
+    try:
+        validators.validator_for(value).check_schema(value)
+    except exceptions.SchemaError as exc:
+        return f"'expect_json' is not a valid JSON Schema: {exc.message}"
+    return None
+
+
 def _parse(obj: dict[str, Any], n: int) -> tuple[EvalRow | None, list[str]]:
     problems: list[str] = []
     unknown = sorted(set(obj) - KNOWN_KEYS)
@@ -77,6 +97,8 @@ def _parse(obj: dict[str, Any], n: int) -> tuple[EvalRow | None, list[str]]:
     for key in ("reference_contexts", "must_contain"):
         if key in obj and (problem := _texts(obj[key], f"'{key}'")) is not None:
             problems.append(problem)
+    if "expect_json" in obj and (problem := _expect_json(obj["expect_json"])) is not None:
+        problems.append(problem)
     if "variables" in obj and not isinstance(obj["variables"], dict):
         problems.append(f"'variables' must be an object, got {type(obj['variables']).__name__}")
     row_id = obj.get("id", n)
@@ -93,6 +115,8 @@ def _parse(obj: dict[str, Any], n: int) -> tuple[EvalRow | None, list[str]]:
             reference_contexts=tuple(obj.get("reference_contexts") or ()),
             variables=obj.get("variables"),
             must_contain=tuple(obj.get("must_contain") or ()),
+            expect_json=obj.get("expect_json") not in (None, False),
+            json_schema=obj["expect_json"] if isinstance(obj.get("expect_json"), dict) else None,
         ),
         [],
     )

@@ -25,9 +25,26 @@ if TYPE_CHECKING:
 
 REFERENCE_METRICS = ("rouge_score", "bleu_score", "chrf_score", "exact_match")
 STRING_METRIC = "string_present"
+JSON_METRIC = "json_parse_success_rate"  # rows with `expect_json`: 1 when json.loads (and the schema) accept it
 CONTEXT_METRICS = ("context_precision", "context_recall")
 JUDGE_METRICS = ("faithfulness", "answer_relevancy")
-ALL_METRICS = (*REFERENCE_METRICS, STRING_METRIC, *CONTEXT_METRICS, *JUDGE_METRICS)
+# 1 when a RAG answer's groundedness (eval/groundedness.py, the online monitor's rule) is below threshold.
+HALLUCINATION_METRIC = "hallucination_rate"
+TOXICITY_METRIC = "toxicity"  # alt-profanity-check's probability (llm_serve/safety/toxicity.py)
+# Computed from the answers themselves in report.summarize, not per row by the scorer.
+OPERATIONAL_METRICS = ("avg_response_time_s", "avg_tokens_used")
+ALL_METRICS = (
+    *REFERENCE_METRICS,
+    STRING_METRIC,
+    JSON_METRIC,
+    *CONTEXT_METRICS,
+    *JUDGE_METRICS,
+    HALLUCINATION_METRIC,
+    TOXICITY_METRIC,
+    *OPERATIONAL_METRICS,
+)
+# Gates on these are maxima (`toxicity=0.01` means at most 0.01); on every other metric, minima.
+LOWER_IS_BETTER = frozenset({HALLUCINATION_METRIC, TOXICITY_METRIC, *OPERATIONAL_METRICS})
 SCORE_DIGITS = 6
 FAILURE_CHARS = 300  # of a metric's exception message in the results
 
@@ -66,8 +83,17 @@ def _reason(exc: BaseException) -> str:
 class Scorer:
     """Holds the ragas metric objects for a run; `score` is safe to call for many rows concurrently."""
 
-    def __init__(self, judge: JudgeMetrics | None = None) -> None:
+    def __init__(self, judge: JudgeMetrics | None = None, hallucination_threshold: float | None = None) -> None:
         load_ragas()
+        from llm_serve.config import GroundednessMonitorConfig
+        from llm_serve.safety.toxicity import toxicity_scores
+
+        toxicity_scores(["warm-up"])  # loads the classifier now: a broken install fails before any request
+        defaults = GroundednessMonitorConfig()
+        self.hallucination_threshold = (
+            defaults.threshold if hallucination_threshold is None else hallucination_threshold
+        )
+        self.support_threshold = defaults.support_threshold
         from ragas.metrics._context_precision import NonLLMContextPrecisionWithReference
         from ragas.metrics._context_recall import NonLLMContextRecall
         from ragas.metrics.collections import BleuScore, CHRFScore, ExactMatch, RougeScore, StringPresence
@@ -105,9 +131,21 @@ class Scorer:
         if needles:
             found = [await self.presence.ascore(reference=n, response=response) for n in needles]
             out.set(STRING_METRIC, sum(r.value for r in found) / len(found))
+        if row.expect_json:
+            out.set(JSON_METRIC, float(json_parses(response, row.json_schema)))
+        self._score_safety(out, response, answer)
         await self._score_contexts(out, row, answer)
         await self._score_judged(out, row, answer, response)
         return out
+
+    def _score_safety(self, out: RowScores, response: str, answer: Answer) -> None:
+        from llm_serve.eval.groundedness import score_groundedness
+        from llm_serve.safety.toxicity import toxicity
+
+        out.set(TOXICITY_METRIC, toxicity(response))
+        if answer.retrieved_contexts:  # a refusal for lack of context is not a hallucination: nothing to check
+            grounded = score_groundedness(response, list(answer.retrieved_contexts), self.support_threshold)
+            out.set(HALLUCINATION_METRIC, float(grounded.score < self.hallucination_threshold))
 
     async def _score_contexts(self, out: RowScores, row: EvalRow, answer: Answer) -> None:
         if not row.reference_contexts or answer.retrieved_contexts is None:
@@ -143,6 +181,21 @@ class Scorer:
         if relevant:
             coro = self.judge.answer_relevancy.ascore(user_input=row.question, response=response)
             await self._guard(out, "answer_relevancy", coro)
+
+
+def json_parses(text: str, schema: dict[str, Any] | None) -> bool:
+    """What a client calling `json.loads` on the message content gets: no fence stripping, no repair."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    if schema is None:
+        return True
+    from jsonschema import validators
+
+    return validators.validator_for(schema)(schema).is_valid(value)
 
 
 async def score_all(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm_serve.eval.metrics import ALL_METRICS
+from llm_serve.eval.metrics import ALL_METRICS, LOWER_IS_BETTER
 from llm_serve.eval.variants import UsageError
 
 if TYPE_CHECKING:
@@ -28,24 +28,43 @@ RESULTS_MD = "results.md"
 SCHEMA_VERSION = 1
 
 
+GATE_DIRECTIONS = ("min", "max")
+
+
 @dataclass(frozen=True)
 class Gate:
-    """`--min METRIC=VALUE`: the primary variant's mean must be at least VALUE."""
+    """A threshold on the primary variant's mean: at least it (`min`) or at most it (`max`).
+
+    Written `METRIC=VALUE[:min|:max]`; without a suffix the metric's own sense decides (a maximum for
+    toxicity, hallucination_rate, response time and tokens, a minimum for the quality scores), so
+    `toxicity=0.01` cannot be misread as "at least 1% toxic".
+    """
 
     metric: str
-    minimum: float
+    threshold: float
+    direction: str = "min"
 
     @classmethod
-    def parse(cls, spec: str) -> Gate:
+    def parse(cls, spec: str, direction: str | None = None, flag: str = "--gate") -> Gate:
         metric, eq, value = spec.partition("=")
         metric = metric.strip()
+        value, colon, suffix = value.partition(":")
         try:
-            minimum = float(value)
+            threshold = float(value)
         except ValueError:
-            minimum = math.nan
-        if not eq or not metric or math.isnan(minimum):
-            raise UsageError(f"bad --min {spec!r}: expected METRIC=VALUE, e.g. rouge_score=0.3")
-        return cls(metric, minimum)
+            threshold = math.nan
+        suffix = suffix.strip().lower()
+        bad_suffix = bool(colon) and (suffix not in GATE_DIRECTIONS or (direction is not None and suffix != direction))
+        if not eq or not metric or math.isnan(threshold) or bad_suffix:
+            example = "rouge_score=0.3" if direction != "max" else "toxicity=0.01"
+            form = "METRIC=VALUE[:min|:max]" if direction is None else "METRIC=VALUE"
+            raise UsageError(f"bad {flag} {spec!r}: expected {form}, e.g. {example}")
+        chosen = direction or (suffix if colon else ("max" if metric in LOWER_IS_BETTER else "min"))
+        return cls(metric, threshold, chosen)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.metric}={self.threshold:g}:{self.direction}"
 
 
 @dataclass(frozen=True)
@@ -55,24 +74,35 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        return self.value is not None and self.value >= self.gate.minimum
+        if self.value is None:
+            return False
+        if self.gate.direction == "max":
+            return self.value <= self.gate.threshold
+        return self.value >= self.gate.threshold
 
     def line(self, label: str | None = None) -> str:
         on = f" on {label}" if label else ""
+        need = ">=" if self.gate.direction == "min" else "<="
         if self.value is None:
-            return f"FAIL {self.gate.metric}: no row was scored{on} (needs >= {self.gate.minimum:g})"
-        verdict, op = ("PASS", ">=") if self.passed else ("FAIL", "<")
-        return f"{verdict} {self.gate.metric} = {self.value:.4f} {op} {self.gate.minimum:g}{on}"
+            return f"FAIL {self.gate.metric}: no row was scored{on} (needs {need} {self.gate.threshold:g})"
+        fail = "<" if self.gate.direction == "min" else ">"
+        verdict, op = ("PASS", need) if self.passed else ("FAIL", fail)
+        return f"{verdict} {self.gate.metric} = {self.value:.4f} {op} {self.gate.threshold:g}{on}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.gate.metric, "min": self.gate.minimum, "value": self.value, "passed": self.passed}
+        return {
+            "metric": self.gate.metric,
+            self.gate.direction: self.gate.threshold,
+            "value": self.value,
+            "passed": self.passed,
+        }
 
 
 def check_gate_names(gates: Sequence[Gate]) -> None:
     """Before any request: a misspelt metric is a usage error, not an hour of evaluation and then exit 2."""
     unknown = [g.metric for g in gates if g.metric not in ALL_METRICS]
     if unknown:
-        raise UsageError(f"unknown metric(s) in --min: {', '.join(unknown)} (metrics: {', '.join(ALL_METRICS)})")
+        raise UsageError(f"unknown metric(s) in gates: {', '.join(unknown)} (metrics: {', '.join(ALL_METRICS)})")
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -101,6 +131,10 @@ def summarize(answers: Sequence[Answer], scores: Sequence[RowScores]) -> dict[st
         }
     latencies = [a.latency_ms for a in answers if a.ok and a.latency_ms is not None]
     costs = [a.cost_usd for a in answers if a.cost_usd is not None]
+    tokens = [t for a in answers if a.ok and (t := total_tokens(a.usage)) is not None]
+    for name, values in (("avg_response_time_s", [ms / 1000.0 for ms in latencies]), ("avg_tokens_used", tokens)):
+        if values:
+            metrics[name] = {"mean": sum(values) / len(values), "n": len(values), "failed": 0}
     return {
         "rows": len(answers),
         "answered": sum(1 for a in answers if a.ok),
@@ -109,6 +143,19 @@ def summarize(answers: Sequence[Answer], scores: Sequence[RowScores]) -> dict[st
         "latency_ms": {"p50": percentile(latencies, 50), "p95": percentile(latencies, 95)},
         "cost_usd": sum(costs) if costs else None,
     }
+
+
+def total_tokens(usage: dict[str, Any] | None) -> int | None:
+    """`usage.total_tokens`, or prompt + completion where a server leaves the total out."""
+    if not usage:
+        return None
+    total = usage.get("total_tokens")
+    if isinstance(total, int | float) and not isinstance(total, bool):
+        return int(total)
+    parts = [usage.get("prompt_tokens"), usage.get("completion_tokens")]
+    if all(isinstance(p, int) and not isinstance(p, bool) for p in parts):
+        return int(parts[0]) + int(parts[1])
+    return None
 
 
 def variant_result(
@@ -142,7 +189,7 @@ def evaluate_gates(results: dict[str, Any], gates: Sequence[Gate]) -> list[GateR
     missing = [g.metric for g in gates if g.metric not in available]
     if missing:
         raise UsageError(
-            f"--min names metric(s) not computed in this run: {', '.join(missing)} "
+            f"gates name metric(s) not computed in this run: {', '.join(missing)} "
             f"(available: {', '.join(available) or 'none'})"
         )
     primary = results["variants"][0]["summary"]["metrics"]

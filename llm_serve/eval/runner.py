@@ -99,6 +99,24 @@ def _notes(options: EvalOptions, rows: list[EvalRow], answers: dict[str, list[An
     return notes
 
 
+def _track(options: EvalOptions, results: dict[str, Any], files: list[Path]) -> str:
+    """Log to MLflow; a store that cannot be written is reported, never the end of a finished evaluation."""
+    from llm_serve.config import load_config
+    from llm_serve.eval.tracking import log_eval
+    from llm_serve.tracking import Tracker
+
+    try:
+        config = load_config()
+        if not config.tracking.enabled and options.tracking_uri is None:
+            return "mlflow: not logged (tracking.enabled is false in the config)"
+        tracker = Tracker.from_config(config, options.tracking_uri)
+        experiment = options.experiment or config.tracking.eval_experiment
+        logged = log_eval(tracker, results, files, experiment, options.run_name)
+    except Exception as exc:  # ConfigError, MlflowException, sqlalchemy's, OSError: all only reported
+        return f"warning: not logged to MLflow: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    return f"mlflow: run {logged.parent_run_id} in experiment {logged.experiment!r} at {logged.uri}"
+
+
 def run_eval(options: EvalOptions) -> EvalOutcome:
     """Run one evaluation. Raises UsageError / DatasetError (exit 2) for what is wrong before any work."""
     gates = [Gate.parse(spec) for spec in options.gates]
@@ -164,4 +182,6 @@ def run_eval(options: EvalOptions) -> EvalOutcome:
     markdown = render_markdown(results, gate_results)
     json_path, md_path = write_results(out_dir, results, markdown)
     messages.append(f"results: {json_path} and {md_path}")
+    if options.tracking:
+        messages.append(_track(options, results, [json_path, md_path]))
     return EvalOutcome(exit_code, out_dir, results, markdown, messages)

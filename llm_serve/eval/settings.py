@@ -53,7 +53,10 @@ class EvalOptions(BaseModel):
         default_factory=list,
         description="Further variants: 'model=M', 'prompt=NAME@V', both comma-joined, or a bare model id.",
     )
-    gates: list[str] = Field(default_factory=list, description="'METRIC=VALUE' thresholds on the primary's means.")
+    gates: list[str] = Field(
+        default_factory=list,
+        description="'METRIC=VALUE[:min|:max]' thresholds on the primary's means (no suffix: the metric's sense).",
+    )
     judge: JudgeOptions | None = Field(None, description="LLM judge for faithfulness and answer_relevancy.")
     out: Path | None = Field(None, description="Output directory (default: <out_root>/<timestamp>/).")
     out_root: Path = Field(Path("eval-results"), description="Parent of the timestamped default output directory.")
@@ -68,6 +71,12 @@ class EvalOptions(BaseModel):
     connect_timeout_s: float = Field(5.0, gt=0, description="How long the endpoint gets to accept a connection.")
     progress: bool = Field(True, description="Show progress bars on stderr.")
     max_listed_errors: int = Field(20, ge=1, description="Dataset errors and failed rows listed before 'and N more'.")
+    tracking: bool = Field(True, description="Log the run to MLflow (parent run, one nested run per variant).")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: config tracking.uri, $MLFLOW_TRACKING_URI, <home>/mlflow."
+    )
+    experiment: str | None = Field(None, description="MLflow experiment (default: config tracking.eval_experiment).")
+    run_name: str | None = Field(None, description="Name of the parent MLflow run (default: eval <dataset file>).")
 
 
 def option_default(name: str) -> object:

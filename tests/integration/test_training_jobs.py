@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,26 @@ def test_jobs_submit_resume_and_repeat(cluster, tiny) -> None:
     assert meta["job_id"].startswith("raysubmit_") and meta["metrics"]["steps"] == 4
     registry = cluster["temp"] / "adapters" / "resumed"
     assert (registry / "adapter_config.json").is_file() and (registry / "adapter_model.safetensors").is_file()
+    assert_tracked(resumed, meta, resumed_steps)
+
+
+def assert_tracked(job_log: str, meta: dict, steps: list[dict]) -> None:
+    """The submitted job logged itself to MLflow: recipe, every step's metrics, the published adapter."""
+    from mlflow import MlflowClient
+
+    found = re.search(r"mlflow: run (\w+) in experiment 'llm-serve-training' at (\S+)", job_log)
+    assert found, job_log[-3000:]
+    run_id, uri = found.groups()
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "resumable"
+    assert run.data.params["optim.max_steps"] == "4" and run.data.params["method.lora.r"] == "4"
+    assert run.data.params["job_id"] == meta["job_id"] and run.data.params["dataset_hash"] == meta["dataset_hash"]
+    assert run.data.tags["llm_serve.adapter"] == "tiny:resumed"
+    losses = client.get_metric_history(run_id, "loss")
+    assert [(m.step, m.value) for m in losses] == [(h["step"], pytest.approx(h["loss"])) for h in steps]
+    artifacts = {a.path for a in client.list_artifacts(run_id, "adapter")}
+    assert {"adapter/adapter_config.json", "adapter/adapter_model.safetensors"} <= artifacts
 
 
 def test_full_fine_tuning_under_zero3(cluster, tiny) -> None:

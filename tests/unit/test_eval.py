@@ -67,7 +67,17 @@ ROWS = [
         "reference_contexts": [E7_CTX],
     },
 ]
-REFERENCES = {r["question"]: r["reference"] for r in ROWS}
+PRIORITY_SCHEMA = {"type": "object", "required": ["priority"], "properties": {"priority": {"type": "string"}}}
+JSON_ROWS = [  # the stand-in's `good` model repeats the reference: one valid, one against the schema
+    {"id": "fire", "question": "Triage: it smells of smoke", "reference": '{"priority": "high"}', "expect_json": True},
+    {
+        "id": "typed",
+        "question": "Triage: the fan is loud",
+        "reference": '{"priority": 2}',
+        "expect_json": PRIORITY_SCHEMA,
+    },
+]
+REFERENCES = {r["question"]: r["reference"] for r in [*ROWS, *JSON_ROWS]}
 # What the stand-in "retrieves": the right passage first for two questions, only a wrong one for turbo.
 RETRIEVED = {
     ROWS[0]["question"]: [WARRANTY_CTX, UNRELATED_CTX],
@@ -174,7 +184,7 @@ def _make_app(state: StandIn) -> FastAPI:
             payload["sources"] = [
                 {"doc_id": "d", "source": "manual.md", "chunk": i, "score": 0.5 - i / 10}
                 | ({"text": text} if body["rag"].get("include_text") else {})
-                for i, text in enumerate(RETRIEVED[question])
+                for i, text in enumerate(RETRIEVED.get(question, []))
             ]
         return JSONResponse(payload, headers=headers)
 
@@ -205,6 +215,18 @@ def stand_in() -> Iterator[StandIn]:
 def _no_ambient_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("LLM_SERVE_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _tracking_store(mlflow_store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run here logs to one module store (created once: a new SQLite store costs ~2 s), never ~/.llm-serve."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    monkeypatch.delenv("LLM_SERVE_CONFIG", raising=False)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
@@ -356,7 +378,18 @@ def test_perfect_answers_score_high_and_wrong_ones_low(
     assert bad["exact_match"] == 0.0 and bad["string_present"] == 0.0
     assert bad["rouge_score"] < 0.5 and bad["chrf_score"] < good["chrf_score"]
     assert "context_recall" not in good  # no --rag: nothing retrieved to score
-    assert data["metrics"] == ["rouge_score", "bleu_score", "chrf_score", "exact_match", "string_present"]
+    assert data["metrics"] == [
+        "rouge_score",
+        "bleu_score",
+        "chrf_score",
+        "exact_match",
+        "string_present",
+        "toxicity",
+        "avg_response_time_s",
+        "avg_tokens_used",
+    ]
+    assert good["avg_tokens_used"] == 30 and 0 < good["avg_response_time_s"] < 5
+    assert good["toxicity"] < 0.2 and "hallucination_rate" not in good  # nothing retrieved: nothing to check
 
     summary = data["variants"][0]["summary"]
     assert summary["rows"] == summary["answered"] == 3 and summary["failed"] == 0
@@ -447,7 +480,7 @@ def test_min_gates_decide_the_exit_code(
     before = len(stand_in.requests)
     assert run(stand_in, dataset, tmp_path / "c", "--min", "rogue_score=0.5") == 2
     assert len(stand_in.requests) == before
-    assert "unknown metric(s) in --min: rogue_score" in capsys.readouterr().err
+    assert "unknown metric(s) in gates: rogue_score" in capsys.readouterr().err
     assert run(stand_in, dataset, tmp_path / "d", "--min", "context_recall=0.5") == 2
     err = capsys.readouterr().err
     assert "not computed in this run: context_recall" in err and "available: rouge_score, bleu_score" in err
@@ -543,3 +576,115 @@ def test_judge_flags_go_together(dataset: Path, capsys: pytest.CaptureFixture[st
         main(["eval", "--dataset", str(dataset), "--endpoint", "http://x", "--model", "m", "--judge-model", "j"]) == 2
     )
     assert "go together" in capsys.readouterr().err
+
+
+# ---- the seed's metrics, direction-aware gates, MLflow --------------------------------------------------
+
+
+def test_seed_metrics_json_hallucination_and_operational(stand_in: StandIn, tmp_path: Path) -> None:
+    data_file = write_rows(tmp_path / "set.jsonl", [*ROWS, *JSON_ROWS])
+    out = tmp_path / "out"
+    assert run(stand_in, data_file, out, "--rag", "nimbus_manual", "--compare", "bad") == 0
+    data = results(out)
+    good, bad = means(data, 0), means(data, 1)
+    rows = {r["id"]: r["scores"] for r in data["variants"][0]["rows"]}
+    # JSON: parsed and valid / parsed but against its schema; "I am not sure" parses as nothing.
+    assert rows["fire"]["json_parse_success_rate"] == 1.0 and rows["typed"]["json_parse_success_rate"] == 0.0
+    assert "json_parse_success_rate" not in rows["warranty"]  # not a JSON row
+    assert good["json_parse_success_rate"] == 0.5 and bad["json_parse_success_rate"] == 0.0
+    # Hallucination: turbo's answer is checked against an unrelated passage, the others against their own.
+    assert rows["turbo"]["hallucination_rate"] == 1.0
+    assert rows["warranty"]["hallucination_rate"] == 0.0 and rows["e7"]["hallucination_rate"] == 0.0
+    summary = data["variants"][0]["summary"]["metrics"]
+    assert summary["hallucination_rate"]["n"] == 3  # only the rows that retrieved something
+    assert good["avg_tokens_used"] == 30.0 and good["avg_response_time_s"] > 0
+
+
+def test_gates_have_a_direction(
+    stand_in: StandIn, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # toxicity is a maximum by default: the same number passes as `--gate` and fails as `:min`.
+    assert run(stand_in, dataset, tmp_path / "a", "--gate", "toxicity=0.5", "--max", "avg_tokens_used=64") == 0
+    gates = results(tmp_path / "a")["gates"]
+    assert gates == [
+        {"metric": "avg_tokens_used", "max": 64.0, "value": 30.0, "passed": True},
+        {"metric": "toxicity", "max": 0.5, "value": pytest.approx(gates[1]["value"]), "passed": True},
+    ]
+    capsys.readouterr()
+    assert run(stand_in, dataset, tmp_path / "b", "--gate", "toxicity=0.5:min") == 1
+    assert "gate failed: FAIL toxicity = " in capsys.readouterr().err
+    assert run(stand_in, dataset, tmp_path / "c", "--max", "avg_tokens_used=10") == 1
+    assert "> 10 on good" in capsys.readouterr().err
+    before = len(stand_in.requests)
+    for bad in (["--min", "toxicity=0.1:max"], ["--gate", "toxicity=0.1:most"], ["--max", "toxicity"]):
+        assert run(stand_in, dataset, tmp_path / "d", *bad) == 2, bad
+    assert len(stand_in.requests) == before
+
+
+def test_expect_json_must_be_a_flag_or_a_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [
+        {"question": "a", "expect_json": "yes"},
+        {"question": "b", "expect_json": {"type": "no-such-type"}},
+        {"question": "c", "expect_json": False},
+    ]
+    code = main(
+        ["eval", "--dataset", str(write_rows(tmp_path / "s.jsonl", rows)), "--endpoint", "http://x", "--model", "m"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "s.jsonl:1: 'expect_json' must be true, false or a JSON Schema object, got str" in err
+    assert "s.jsonl:2: 'expect_json' is not a valid JSON Schema" in err and "s.jsonl:3" not in err
+
+
+def test_runs_are_logged_to_mlflow_and_read_back(stand_in: StandIn, mlflow_store: str, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    data_file = write_rows(tmp_path / "set.jsonl", [*ROWS, *JSON_ROWS])
+    out = tmp_path / "out"
+    args = ["--rag", "nimbus_manual", "--prompt", "support-answer@1", "--compare", "base:adapter"]
+    assert run(stand_in, data_file, out, *args, "--gate", "toxicity=0.5", "--run-name", "nightly") == 0
+    data = results(out)
+    client = MlflowClient(tracking_uri=mlflow_store)
+    experiment = client.get_experiment_by_name("llm-serve-eval")
+    parents = client.search_runs(
+        [experiment.experiment_id], "tags.`llm_serve.kind` = 'eval' and attributes.run_name = 'nightly'"
+    )
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["dataset_sha256"] == data["dataset"]["sha256"]
+    assert parent.data.params["dataset_rows"] == "5" and parent.data.params["rag_collection"] == "nimbus_manual"
+    assert parent.data.params["gates"] == "toxicity<=0.5" and parent.data.metrics["exit_code"] == 0
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert artifacts == {"results.json", "results.md"}
+
+    children = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time"],
+    )
+    by_label = {c.data.tags["mlflow.runName"]: c for c in children}
+    assert set(by_label) == {"good [support-answer@1]", "base:adapter [support-answer@1]"}
+    primary, adapter = by_label["good [support-answer@1]"], by_label["base:adapter [support-answer@1]"]
+    assert primary.data.params["prompt_requested"] == "support-answer@1"
+    assert primary.data.params["prompt_served"] == "support-answer@1+0123abcd"  # what the server rendered
+    assert primary.data.tags["llm_serve.primary"] == "true" and adapter.data.tags["llm_serve.primary"] == "false"
+    assert adapter.data.params["base_model"] == "base" and adapter.data.params["adapter"] == "adapter"
+    assert "adapter" not in primary.data.params  # a plain model id has none
+    expected = {name: entry["mean"] for name, entry in data["variants"][0]["summary"]["metrics"].items()}
+    for name in ("hallucination_rate", "json_parse_success_rate", "avg_response_time_s", "avg_tokens_used", "toxicity"):
+        assert primary.data.metrics[name] == pytest.approx(expected[name]), name
+    assert primary.data.metrics["cost_usd"] == pytest.approx(data["variants"][0]["summary"]["cost_usd"])
+
+
+def test_no_tracking_and_an_unwritable_store(
+    stand_in: StandIn, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(stand_in, dataset, tmp_path / "a", "--no-tracking") == 0
+    assert "mlflow" not in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    # The evaluation finished and its files are written: a broken store is a warning, not a failed run.
+    assert run(stand_in, dataset, tmp_path / "b", "--tracking-uri", f"sqlite:///{blocker}/sub/mlflow.db") == 0
+    assert "warning: not logged to MLflow" in capsys.readouterr().err
+    assert (tmp_path / "b" / "results.json").is_file()

@@ -1,0 +1,1 @@
+"""Output and input safety: the toxicity score, PII redaction and the guardrail policies built on them."""
