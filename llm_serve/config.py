@@ -446,6 +446,9 @@ class ModelConfig(Strict):
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per engine replica (CPU accelerator only).")
     lora: LoraServingConfig = Field(default_factory=LoraServingConfig)
     tools: ToolCallingConfig = Field(default_factory=ToolCallingConfig)
+    guardrails: list[str] = Field(
+        default_factory=list, description="Guardrail policies (guardrails.policies) applied to this model's requests."
+    )
     price: Price = Field(default_factory=Price, description="Per-token price of this model.")
     adapter_prices: dict[str, Price] = Field(
         default_factory=dict, description="Prices of LoRA adapters on this model by adapter name (default: price)."
@@ -630,6 +633,9 @@ class ApiKey(Strict):
     budget_usd: float | None = Field(None, ge=0, description="Spend allowed per budget period.")
     budget_period: Literal["day", "month", "total"] = Field("month", description="Calendar period (UTC).")
     admin: bool = Field(False, description="May read /admin/usage for every key.")
+    guardrails: list[str] = Field(
+        default_factory=list, description="Guardrail policies (guardrails.policies) applied to this key's requests."
+    )
     limits: RequestLimits = Field(
         default_factory=RequestLimits, description="This key's caps; the lower of these and the global ones apply."
     )
@@ -639,6 +645,69 @@ class ApiKey(Strict):
         if (self.key_sha256 is None) == (self.key_env is None):
             raise ValueError(f"key {self.name!r}: give exactly one of key_sha256 and key_env")
         return self
+
+
+PiiKind = Literal["email", "phone", "card"]
+# alt-profanity-check's probability at which a text counts as toxic: tuned for F1 on the tune split of
+# data/safety/toxicity_labelled.jsonl and reported on its held-out split (benchmarks/toxicity.py).
+DEFAULT_TOXICITY_THRESHOLD = 0.5
+
+
+class ToxicityCheck(Strict):
+    threshold: float = Field(
+        DEFAULT_TOXICITY_THRESHOLD, gt=0, le=1, description="Toxicity probability at or above which the check fires."
+    )
+    action: Literal["block", "flag"] = Field("block", description="block: refuse; flag: pass it on, marked.")
+
+
+class PiiCheck(Strict):
+    kinds: list[PiiKind] = Field(
+        default_factory=lambda: ["email", "phone", "card"], min_length=1, description="What counts as PII."
+    )
+    action: Literal["block", "flag", "redact"] = Field(
+        "redact", description="redact: replace each match with [EMAIL], [PHONE] or [CARD]; block; or flag."
+    )
+    phone_region: str = Field(
+        "US",
+        min_length=2,
+        max_length=2,
+        description="Region (ISO 3166) for phone numbers written without a country code; +CC numbers match anywhere.",
+    )
+
+
+class GuardChecks(Strict):
+    toxicity: ToxicityCheck | None = None
+    pii: PiiCheck | None = None
+
+
+class GuardrailPolicy(Strict):
+    input: GuardChecks | None = Field(None, description="Checks on the caller's messages (and prompt variables).")
+    output: GuardChecks | None = Field(None, description="Checks on the answer, streamed or not.")
+    refusal: str = Field(
+        "I can't help with that.",
+        min_length=1,
+        description="What a stream whose output is blocked ends with (finish_reason content_filter).",
+    )
+
+
+class GuardrailsConfig(Strict):
+    """Input and output checks (toxicity, PII) by policy; a request gets the default policies plus its key's
+    and its model's. See docs/guardrails.md."""
+
+    policies: dict[str, GuardrailPolicy] = Field(default_factory=dict, description="Named policies.")
+    default: list[str] = Field(default_factory=list, description="Policies applied to every request.")
+    stream_holdback_chars: int = Field(
+        64,
+        ge=8,
+        le=4096,
+        description="Streams whose output is redacted hold back this many characters, so a match split across "
+        "chunks is still found (longer matches can slip through); other streams are not delayed.",
+    )
+    stream_check_chars: int = Field(
+        32,
+        ge=1,
+        description="A streamed answer's toxicity is checked again each time it grows by this many characters.",
+    )
 
 
 class AuthConfig(Strict):
@@ -929,10 +998,23 @@ class TrackingConfig(Strict):
     promotion_experiment: str = Field("llm-serve-promotions", description="Experiment of promotion decisions.")
 
 
+class ToxicityMonitorConfig(Strict):
+    """Online output monitoring: a share of answers scored for toxicity off the request path."""
+
+    enabled: bool = Field(True, description="Score a sample of answers (streamed or not) for toxicity.")
+    sample_rate: float = Field(0.1, ge=0.0, le=1.0, description="Share of answers scored.")
+    threshold: float = Field(
+        DEFAULT_TOXICITY_THRESHOLD, gt=0.0, le=1.0, description="An answer at or above this counts as toxic."
+    )
+    max_pending: int = Field(64, ge=1, description="Scorings waiting at once; beyond it new samples are skipped.")
+    window: int = Field(200, ge=1, description="Recent scored answers the toxic-rate gauge is computed over.")
+
+
 class TelemetryConfig(Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     groundedness: GroundednessMonitorConfig = Field(default_factory=GroundednessMonitorConfig)
+    toxicity: ToxicityMonitorConfig = Field(default_factory=ToxicityMonitorConfig)
 
 
 class Config(Strict):
@@ -965,6 +1047,7 @@ class Config(Strict):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:
@@ -984,6 +1067,15 @@ class Config(Strict):
                 f"server.host {self.server.host!r} is reachable from other machines and no auth.keys are "
                 "configured; add keys (llm-serve keys create NAME) or set server.allow_unauthenticated: true"
             )
+        policies = self.guardrails.policies
+        for owner, names in [
+            ("guardrails.default", self.guardrails.default),
+            *((f"key {k.name!r}", k.guardrails) for k in self.auth.keys),
+            *((f"model {m.id!r}", m.guardrails) for m in self.models),
+        ]:
+            unknown = [n for n in names if n not in policies]
+            if unknown:
+                raise ValueError(f"{owner} names guardrail policies that guardrails.policies lacks: {unknown}")
         if not self.ledger.enabled and any(k.budget_usd is not None for k in self.auth.keys):
             raise ValueError("budgets need the ledger (ledger.enabled: true)")
         semantic = self.cache.semantic

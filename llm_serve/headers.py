@@ -10,3 +10,4 @@ SIMILARITY = "x-llm-serve-cache-similarity"  # a semantic hit's cosine similarit
 COST = "x-llm-serve-cost-usd"
 MODEL = "x-llm-serve-model"  # the pool that answered (after aliases, auto and fallbacks), `pool:adapter`
 PROMPT = "x-llm-serve-prompt"  # name@version+hash of a registry prompt
+GUARDRAIL = "x-llm-serve-guardrail"  # what guardrails found: direction:check=action, comma-separated

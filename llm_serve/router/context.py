@@ -93,6 +93,10 @@ class RequestContext:
     model_known: bool = False
     rag: RagRequest | None = None
 
+    # guardrails: the request's policies (found once, on first use) and what their checks found
+    guard_policies: list[Any] | None = None
+    guard_findings: list[Any] = field(default_factory=list)
+
     # validate: the engine request (vLLM's protocol object) and what the client asked of the stream
     body: Any = None
     include_usage: bool = False
@@ -106,6 +110,8 @@ class RequestContext:
     # retrieve: what the response reports (sources, rag info) and, when sampled, the monitor's context
     extra: dict[str, Any] | None = None
     rag_contexts: list[str] | None = None
+    # respond: whether the toxicity monitor samples this answer (None: not decided yet)
+    watch_toxicity: bool | None = None
 
     # cache lookup
     lookup: CacheLookup | None = None
@@ -185,6 +191,8 @@ class RequestContext:
         headers = {h.REQUEST_ID: self.row.request_id, h.MODEL: self.served}
         if self.row.prompt:
             headers[h.PROMPT] = self.row.prompt
+        if self.row.guardrail:
+            headers[h.GUARDRAIL] = self.row.guardrail
         if self.route != "embeddings":
             headers[h.CACHE] = self.row.cache
         return {**headers, **extra}

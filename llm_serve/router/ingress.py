@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from llm_serve import headers as h
 from llm_serve.config import Config, is_loopback
 from llm_serve.eval.groundedness import GroundednessMonitor
+from llm_serve.eval.toxicity_monitor import ToxicityMonitor
 from llm_serve.prompts import PromptRegistry
 from llm_serve.prompts.template import PromptTemplate
 from llm_serve.rag.milvus_server import milvus_uri
@@ -39,6 +40,7 @@ from llm_serve.router.body_limit import BodySizeLimit
 from llm_serve.router.coalesce import Coalescer
 from llm_serve.router.embeddings import EmbeddingsRoute
 from llm_serve.router.errors import OpenAIError, install_error_handlers
+from llm_serve.router.guardrails import GuardInput, Guardrails
 from llm_serve.router.ledger import default_url
 from llm_serve.router.model_cards import ModelCards
 from llm_serve.router.observe import Observer
@@ -100,12 +102,17 @@ class Router:
         self.adapters = AdapterCatalog(config)
         self.coalescer = Coalescer(config.server.request_timeout_s, config.server.billing_grace_s)
         metrics = ServingMetrics(config.telemetry.metrics)
-        self.observer = Observer(metrics, GroundednessMonitor(config.telemetry.groundedness, metrics))
+        self.observer = Observer(
+            metrics,
+            GroundednessMonitor(config.telemetry.groundedness, metrics),
+            ToxicityMonitor(config.telemetry.toxicity, metrics),
+        )
+        guardrails = Guardrails(config, metrics)
         self.settle = Settler(config, self.state, self.observer)
         templates = {m.id: path for m in config.models if (path := m.tools.template_path()) is not None}
         prompt_tokens = PromptTokens(model_sources or {}, config.router.prompt_overhead_tokens, templates)
         admit = Admit(config, self.state, prompt_tokens)
-        cache = Cache(config, self.state, self._semantic_cache(), self.observer)
+        cache = Cache(config, self.state, self._semantic_cache(), self.observer, guardrails)
         rag_prompt = PromptTemplate.from_dict(prompts["rag"]) if prompts.get("rag") else None
         registry = PromptRegistry.from_dict(prompts["registry"]) if prompts.get("registry") else None
         resolve = Resolve(config, self.adapters)
@@ -114,6 +121,7 @@ class Router:
             [
                 ("parse", Parse()),
                 ("resolve", resolve),
+                ("guard_input", GuardInput(guardrails)),
                 ("render_prompt", RenderPrompt(registry)),
                 ("validate", Validate()),
                 ("limits", Limits(config)),
@@ -121,7 +129,7 @@ class Router:
                 ("retrieve", Retrieve(config, Retriever(config, embedders), rag_prompt, self.observer)),
                 ("cache_lookup", cache),
                 ("dispatch", Dispatch(config, pools, self.coalescer, self.observer)),
-                ("respond", Respond(config, cache, self.observer, self.settle)),
+                ("respond", Respond(config, cache, self.observer, self.settle, guardrails)),
             ],
             keys=self.keys,
             max_body_bytes=config.server.max_body_bytes,

@@ -60,6 +60,8 @@ class LedgerRow:
     error: str | None = field(default=None, metadata=_column(sa.String(ERROR_MAX_CHARS)))
     # The API shape the client spoke (`openai`, `responses`, `anthropic`, `batch`); `route` is what ran.
     api: str = field(default="openai", metadata=_column(sa.String(16)))
+    # What guardrails found and did (`input:pii=redact,output:toxicity=flag`); None when nothing fired.
+    guardrail: str | None = field(default=None, metadata=_column(sa.String(128)))
     # The row's own identity: a row retried after a crash or a timeout is written once (request ids are
     # the client's and may repeat).
     row_id: str = field(default_factory=_row_id, metadata=_column(sa.String(32), unique=True))

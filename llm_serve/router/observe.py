@@ -15,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from llm_serve.eval.groundedness import GroundednessMonitor
+from llm_serve.eval.toxicity_monitor import ToxicityMonitor
 from llm_serve.router.context import RequestContext
 from llm_serve.router.errors import OpenAIError
 from llm_serve.telemetry import genai, tracing
@@ -22,9 +23,12 @@ from llm_serve.telemetry.metrics import ServingMetrics
 
 
 class Observer:
-    def __init__(self, metrics: ServingMetrics, monitor: GroundednessMonitor) -> None:
+    def __init__(
+        self, metrics: ServingMetrics, monitor: GroundednessMonitor, toxicity: ToxicityMonitor | None = None
+    ) -> None:
         self.metrics = metrics
         self.monitor = monitor
+        self.toxicity = toxicity
         self.ongoing: dict[str, int] = {}  # requests in this replica now, by route
         self.waiting_first = 0  # requests waiting for an engine's first output
 
@@ -102,9 +106,15 @@ class Observer:
         if ctx.span is not None:
             ctx.span.add_event(genai.FIRST_TOKEN_EVENT)
 
+    def sample_toxicity(self, ctx: RequestContext) -> bool:
+        """Decide (once per request) whether the toxicity monitor scores this answer."""
+        if ctx.watch_toxicity is None:
+            ctx.watch_toxicity = self.toxicity is not None and self.toxicity.sample()
+        return ctx.watch_toxicity
+
     def response(self, ctx: RequestContext, payload: dict[str, Any] | None) -> None:
         """Facts of a complete response for the span (id, finish reasons; content only when opted in)
-        and the groundedness monitor's sample."""
+        and the groundedness and toxicity monitors' samples."""
         span = ctx.span
         if span is not None and span.is_recording() and payload:
             span.set_attributes(genai.response_attributes({k: v for k, v in payload.items() if k != "usage"}))
@@ -112,6 +122,15 @@ class Observer:
                 if ctx.body is not None:
                     span.set_attribute(genai.INPUT_MESSAGES, genai.input_messages(ctx.route, ctx.body) or "")
                 span.set_attribute(genai.OUTPUT_MESSAGES, genai.output_messages(payload) or "")
+        if payload and self.toxicity is not None and self.sample_toxicity(ctx):
+            first = (payload.get("choices") or [{}])[0]
+            text = (first.get("message") or {}).get("content") if "message" in first else first.get("text")
+            self.toxicity.submit(
+                text if isinstance(text, str) else None,
+                model=ctx.row.model if ctx.model_known else "unknown",
+                request_id=ctx.row.request_id,
+                parent=span.get_span_context() if span is not None else None,
+            )
         if ctx.rag_contexts is not None and payload:
             choices = payload.get("choices") or [{}]
             answer = (choices[0].get("message") or {}).get("content")

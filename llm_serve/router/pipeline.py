@@ -7,19 +7,23 @@ or raising an `OpenAIError` (any 4xx or 5xx). Their order, and why:
 1. **parse**: the body's `model`, and llm-serve's extensions (`rag`, `prompt`, `cache`) taken off it.
 2. **resolve**: model, routing alias, RAG alias, adapter and its version, and the fallback pools,
    limited to what the key may use. Nothing is known about the request's cost or cache key before it.
-3. **render prompt**: a registry prompt's messages and output schema put into the body. This comes
+3. **guard input**: the guardrail policies' input checks (router/guardrails.py) on the caller's own
+   text: a block is a 400 that reserves and costs nothing; a redaction changes what every later stage
+   (and the cache key) sees. Before rendering, so the operator's template is never what is judged.
+4. **render prompt**: a registry prompt's messages and output schema put into the body. This comes
    before validation because the body must be checked as it will be sent.
-4. **validate**: against vLLM's protocol models. Streams always ask for usage.
-5. **limits**: the caps on `n`, output tokens, messages and prompt length (global, tightened per key).
+5. **validate**: against vLLM's protocol models. Streams always ask for usage.
+6. **limits**: the caps on `n`, output tokens, messages and prompt length (global, tightened per key).
    A request over a cap reserves nothing and costs nothing.
-6. **admit**: rate limits and budget. This comes before anything that costs money or engine time:
+7. **admit**: rate limits and budget. This comes before anything that costs money or engine time:
    retrieval embeds and searches, the semantic cache embeds, the engine generates.
-7. **retrieve**: RAG search and grounding. It runs after admission, and before the cache lookup,
+8. **retrieve**: RAG search and grounding. It runs after admission, and before the cache lookup,
    because the grounded messages are part of what the answer depends on.
-8. **cache lookup**: exact and semantic. It comes only now, once the prompt version, the adapter
+9. **cache lookup**: exact and semantic. It comes only now, once the prompt version, the adapter
    version and the grounded messages are known, since each of them is part of the key.
-9. **dispatch**: the engine pool, with fallbacks. Identical requests in flight share one call.
-10. **respond**: a JSON answer (priced, cached) or a relayed stream, which settles itself at its end.
+10. **dispatch**: the engine pool, with fallbacks. Identical requests in flight share one call.
+11. **respond**: a JSON answer (priced, output-guarded, cached) or a relayed stream (guarded event by
+   event), which settles itself at its end. Cache hits pass the same output checks.
 
 **Settlement** (ledger row, span, metrics, log) runs exactly once, in the `finally` below. The one
 exception is a relayed stream: it outlives this handler and settles in its own `finally`. The order

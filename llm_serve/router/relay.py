@@ -47,6 +47,7 @@ class StreamRelay:
         on_usage: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         collect: bool = False,
         track_finish: bool = False,
+        guard: Any = None,
     ) -> None:
         self._first = first
         self._rest = rest
@@ -69,6 +70,18 @@ class StreamRelay:
         self._on_usage = on_usage
         # Every engine event kept, so the finished stream can be assembled for the cache.
         self.events: list[str] | None = [] if collect else None
+        # Output guardrails (router/guardrails.py StreamGuard): may rewrite content events, or end the
+        # stream with a refusal; `blocked` then says so and the engine call is to be cancelled.
+        self._guard = guard
+
+    @property
+    def blocked(self) -> bool:
+        return self._guard is not None and self._guard.blocked is not None
+
+    @property
+    def block(self) -> Any:
+        """The guardrail finding that ended the stream (None when none did)."""
+        return self._guard.blocked if self._guard is not None else None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterate()
@@ -93,6 +106,10 @@ class StreamRelay:
             text = self._render(item)
             if text:
                 yield text
+            if self.blocked:
+                if self._keep_usage_chunk and self.usage is not None:
+                    yield self._usage_event()
+                break
         if self._final_extra:
             yield self._extra_event()
         yield DONE_EVENT
@@ -105,6 +122,14 @@ class StreamRelay:
             "model": "",
         }
         return sse({**head, "choices": [], **(self._final_extra or {})})
+
+    def _usage_event(self) -> str:
+        """The usage chunk of a stream the guardrails ended: what the engine had produced by then, priced."""
+        usage = dict(self.usage or {})
+        if self._on_usage is not None:
+            usage.update(self._on_usage(usage))
+        head = self._chunk_head or getattr(self._guard, "head", None) or {"object": "chat.completion.chunk"}
+        return sse({**head, "choices": [], "usage": usage})
 
     def _remaining(self) -> float:
         return max(0.0, self._deadline - time.monotonic())
@@ -127,9 +152,13 @@ class StreamRelay:
             elif event.startswith(DONE_EVENT[:12]):
                 self.engine_done = True
                 continue
+            if event and self._guard is not None:
+                event = self._guard.process(event)
             if event:
                 out.append(event)
                 self.content_events += 1
+            if self.blocked:
+                break
         return "".join(out)
 
     def _read_finish(self, event: str) -> None:

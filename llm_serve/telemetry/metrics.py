@@ -50,6 +50,7 @@ class ServingMetrics:
             self.requests = self.errors = self.tokens = self.cost = self.cache_lookups = none
             self.duration = self.ttft = self.tpot = self.token_usage = self.retrieval = none
             self.ongoing = self.queued = self.groundedness = self.hallucination_rate = self.scored = none
+            self.guardrail_findings = self.toxicity = self.toxicity_scored = self.toxic_rate = none
             return
         from ray.util.metrics import Counter, Gauge, Histogram
 
@@ -115,6 +116,27 @@ class ServingMetrics:
         self.hallucination_rate = Gauge(
             "llm_serve_rag_hallucination_rate",
             "Share of recently scored RAG answers below the groundedness threshold (this router replica).",
+            (),
+        )
+        self.guardrail_findings = Counter(
+            "llm_serve_guardrail_findings",
+            "Guardrail checks that fired, by direction (input, output), check (toxicity, pii) and action.",
+            ("direction", "check", "action"),
+        )
+        self.toxicity = Histogram(
+            "llm_serve_output_toxicity",
+            "Toxicity of sampled answers (alt-profanity-check's probability).",
+            [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+            ("model",),
+        )
+        self.toxicity_scored = Counter(
+            "llm_serve_output_toxicity_scored",
+            "Answers scored online for toxicity, by verdict (clean, toxic).",
+            ("verdict",),
+        )
+        self.toxic_rate = Gauge(
+            "llm_serve_output_toxic_rate",
+            "Share of recently scored answers at or above the toxicity threshold (this router replica).",
             (),
         )
 

@@ -8,6 +8,12 @@ on the real server. A few rows keep it short.
 from __future__ import annotations
 
 import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -69,6 +75,59 @@ def test_eval_scores_the_bundled_set_with_retrieval(stack, manual_ingested, tmp_
     assert row["served_model"] == stack.model and row["retrieved_contexts"]
     assert all(isinstance(t, str) and t for t in row["retrieved_contexts"])
     assert (out / "results.md").read_text() in done.stdout
+    assert_in_mlflow_ui(done.stderr, results)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def assert_in_mlflow_ui(stderr: str, results: dict) -> None:
+    """The run is in the stack home's MLflow store, as `mlflow ui` serves it (its REST API, which the UI reads)."""
+    found = re.search(r"mlflow: run (\w+) in experiment 'llm-serve-eval' at (\S+)", stderr)
+    assert found, stderr[-2000:]
+    run_id, uri = found.groups()
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    ui = subprocess.Popen(
+        [str(mlflow_bin), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/runs/get?run_id={run_id}", timeout=5) as resp:
+                    parent = json.load(resp)["run"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline and ui.poll() is None, "mlflow ui did not come up"
+                time.sleep(1)
+        params = {p["key"]: p["value"] for p in parent["data"]["params"]}
+        assert params["dataset_sha256"] == results["dataset"]["sha256"] and params["rag_collection"] == COLLECTION
+        search = urllib.request.Request(
+            f"{base}/runs/search",
+            data=json.dumps(
+                {
+                    "experiment_ids": [parent["info"]["experiment_id"]],
+                    "filter": f"tags.`mlflow.parentRunId` = '{run_id}'",
+                }
+            ).encode(),
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(search, timeout=10) as resp:
+            (child,) = json.load(resp)["runs"]
+        metrics = {m["key"]: m["value"] for m in child["data"]["metrics"]}
+        summary = results["variants"][0]["summary"]["metrics"]
+        for name in ("rouge_score", "hallucination_rate", "toxicity", "avg_response_time_s", "avg_tokens_used"):
+            assert metrics[name] == pytest.approx(summary[name]["mean"]), name
+    finally:
+        ui.terminate()
+        ui.wait(15)
 
 
 def test_eval_gate_fails_on_an_impossible_threshold(stack, manual_ingested, tmp_path: Path) -> None:

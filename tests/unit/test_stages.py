@@ -79,6 +79,7 @@ def test_the_router_runs_the_documented_stage_order() -> None:
     assert router.pipeline.order == (
         "parse",
         "resolve",
+        "guard_input",
         "render_prompt",
         "validate",
         "limits",

@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect
 from llm_serve.config import GroundednessMonitorConfig, parse_config
 from llm_serve.engine.lora_server import traced_engine_stream
 from llm_serve.eval.groundedness import GROUNDEDNESS_EVENT, GroundednessMonitor, score_groundedness
+from llm_serve.eval.toxicity_monitor import TOXICITY_EVENT
 from llm_serve.router.ingress import Router
 from llm_serve.router.state import RouterState
 from llm_serve.telemetry import metrics as metrics_module
@@ -283,6 +284,31 @@ async def test_monitor_exports_the_rate_and_a_span_event(recorded: dict[str, Rec
     assert event["name"] == GROUNDEDNESS_EVENT and event["attributes"]["llm_serve.groundedness.hallucinated"]
     assert spans["groundedness kb"]["parent_span_id"] == spans["chat x"]["span_id"]
     assert not GroundednessMonitor(GroundednessMonitorConfig(sample_rate=0.0), metrics).sample()
+
+
+async def test_toxicity_monitor_scores_sampled_answers_streamed_or_not(recorded: dict[str, Recorder]) -> None:
+    assert tracing.setup_tracing({"enabled": True, "exporter": "memory", "schedule_delay_ms": 10}, "router")
+    client, _, router = build(None, telemetry={"toxicity": {"sample_rate": 1.0, "threshold": 0.5}})
+    monitor = router.observer.toxicity
+    async with client:
+        plain = await client.post("/v1/chat/completions", json=chat(A, **GREEDY))
+        streamed = await client.post("/v1/chat/completions", json=chat(A, stream=True, **GREEDY))
+    assert plain.status_code == streamed.status_code == 200
+    for task in list(monitor.pending):
+        await task
+    assert monitor.scored == 2  # the stand-in's "answer from model-a", once as JSON and once streamed
+    assert [t for _, t in recorded["llm_serve_output_toxicity_scored"].values] == [{"verdict": "clean"}] * 2
+    assert recorded["llm_serve_output_toxic_rate"].values[-1][0] == 0.0
+    parent = tracing.tracer().start_span("chat x")
+    parent.end()
+    monitor.record(0.97, model=A, request_id="r9", parent=parent.get_span_context())
+    assert recorded["llm_serve_output_toxic_rate"].values[-1][0] == pytest.approx(1 / 3)
+    event = spans_of(tracing.trace_id_of(parent))["toxicity"]["events"][0]
+    assert event["name"] == TOXICITY_EVENT and event["attributes"]["llm_serve.toxicity.toxic"] is True
+    off, _, quiet = build(None, telemetry={"toxicity": {"sample_rate": 0.0}})
+    async with off:
+        await off.post("/v1/chat/completions", json=chat(A, **GREEDY))
+    assert quiet.observer.toxicity.scored == 0 and not quiet.observer.toxicity.pending
 
 
 def test_grafana_dashboard_queries_only_series_we_export(recorded: dict[str, Recorder]) -> None:

@@ -19,6 +19,7 @@ from llm_serve import headers
 from llm_serve.config import Config
 from llm_serve.router.cache_keys import CacheContext, exact_key, is_deterministic, semantic_parts
 from llm_serve.router.context import CacheLookup, RequestContext
+from llm_serve.router.guardrails import Guardrails
 from llm_serve.router.observe import Observer
 from llm_serve.router.replay import replay
 from llm_serve.router.semantic_cache import SemanticCache
@@ -35,11 +36,19 @@ REQUEST_ONLY_FIELDS = ("sources", "rag")
 
 
 class Cache:
-    def __init__(self, config: Config, state: StateClient, semantic: SemanticCache | None, observer: Observer) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: StateClient,
+        semantic: SemanticCache | None,
+        observer: Observer,
+        guardrails: Guardrails | None = None,
+    ) -> None:
         self.config = config
         self.state = state
         self.semantic = semantic
         self.observer = observer
+        self.guardrails = guardrails
 
     async def __call__(self, ctx: RequestContext) -> Response | None:
         body = ctx.body
@@ -89,6 +98,8 @@ class Cache:
     def _replay(self, ctx: RequestContext, payload: dict[str, Any]) -> Response:
         payload = copy.deepcopy(payload)
         price_usage(self.config, ctx, payload.get("usage"))
+        if self.guardrails is not None:  # a stored answer passes the same output checks as a fresh one
+            self.guardrails.output_payload(ctx, payload)
         if isinstance(payload.get("usage"), dict):
             payload["usage"]["cost_usd"] = ctx.row.cost_usd
         ctx.finish(200)

@@ -21,6 +21,7 @@ from llm_serve.config import Config
 from llm_serve.router.coalesce import cancel_call
 from llm_serve.router.context import CacheLookup, RequestContext
 from llm_serve.router.errors import OpenAIError
+from llm_serve.router.guardrails import Guardrails
 from llm_serve.router.observe import Observer
 from llm_serve.router.relay import StreamRelay
 from llm_serve.router.replay import assemble
@@ -33,11 +34,14 @@ logger = logging.getLogger("llm_serve.router")
 
 
 class Respond:
-    def __init__(self, config: Config, cache: Cache, observer: Observer, settle: Settler) -> None:
+    def __init__(
+        self, config: Config, cache: Cache, observer: Observer, settle: Settler, guardrails: Guardrails | None = None
+    ) -> None:
         self.config = config
         self.cache = cache
         self.observer = observer
         self.settle = settle
+        self.guardrails = guardrails
 
     async def __call__(self, ctx: RequestContext) -> Response:
         if ctx.body.stream:
@@ -48,8 +52,10 @@ class Respond:
         first = ctx.first
         head = first[0] if isinstance(first, list) and first else first
         payload = head.model_dump(mode="json", exclude_none=False)
-        self.observer.response(ctx, payload)
         price_usage(self.config, ctx, payload.get("usage"))
+        if self.guardrails is not None:
+            self.guardrails.output_payload(ctx, payload)  # a block raises its 400 after the tokens are priced
+        self.observer.response(ctx, payload)
         if ctx.row.cache != "coalesced":
             await self.cache.fill(ctx.lookup, payload)
         if isinstance(payload.get("usage"), dict):
@@ -62,8 +68,8 @@ class Respond:
     def _stream(self, ctx: RequestContext) -> Response:
         lookup = ctx.lookup
         fill = lookup is not None and lookup.fills and ctx.row.cache != "coalesced"
-        # The monitor and content capture need the answer's text; collecting is off otherwise.
-        keep = fill or ctx.rag_contexts is not None or tracing.capture_content()
+        # The monitors and content capture need the answer's text; collecting is off otherwise.
+        keep = fill or ctx.rag_contexts is not None or tracing.capture_content() or self.observer.sample_toxicity(ctx)
         relay = StreamRelay(
             ctx.first,
             ctx.results,
@@ -74,6 +80,7 @@ class Respond:
             on_usage=lambda usage: {"cost_usd": price_usage(self.config, ctx, usage)},
             collect=keep,
             track_finish=tracing.enabled(),
+            guard=self.guardrails.stream_guard(ctx) if self.guardrails is not None else None,
         )
 
         async def settle_unstarted() -> None:
@@ -124,8 +131,16 @@ class Respond:
                     ctx.finish(499, "client disconnected")
                 self._price_stream(relay, ctx)
                 await held(self.settle(ctx))
-        if relay.timed_out:
+        if relay.timed_out or relay.blocked:
             cancel_call(relay.upstream)
+        if relay.blocked:
+            # The guardrails ended it with a refusal: an answer (200), the tokens made so far billed, no cache fill.
+            finding = relay.block
+            ctx.finish(200, f"output blocked by the guardrail policy '{finding.policy}' ({finding.check})")
+            self._price_stream(relay, ctx)
+            await held(self.settle(ctx))
+            yield DONE_EVENT
+            return
         if not relay.error and not relay.engine_done:
             # The engine's stream stopped cleanly before any finish reason: Serve cancelled the engine
             # call because this request was cancelled (its client left). An engine that dies fails the
