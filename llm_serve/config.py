@@ -649,8 +649,8 @@ class ApiKey(Strict):
 
 PiiKind = Literal["email", "phone", "card"]
 # alt-profanity-check's probability at which a text counts as toxic: tuned for F1 on the tune split of
-# data/safety/toxicity_labelled.jsonl and reported on its held-out split (benchmarks/toxicity.py).
-DEFAULT_TOXICITY_THRESHOLD = 0.5
+# data/safety/toxicity_labelled.jsonl, reported on its held-out split (benchmarks/guardrails.py).
+DEFAULT_TOXICITY_THRESHOLD = 0.36
 
 
 class ToxicityCheck(Strict):
@@ -704,7 +704,7 @@ class GuardrailsConfig(Strict):
         "chunks is still found (longer matches can slip through); other streams are not delayed.",
     )
     stream_check_chars: int = Field(
-        32,
+        64,
         ge=1,
         description="A streamed answer's toxicity is checked again each time it grows by this many characters.",
     )

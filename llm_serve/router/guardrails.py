@@ -95,6 +95,11 @@ class Guardrails:
 
     def __post_init__(self) -> None:
         self.models = {m.id: list(m.guardrails) for m in self.config.models}
+        policies = self.config.guardrails.policies.values()
+        if any(c is not None and c.toxicity is not None for p in policies for c in (p.input, p.output)):
+            from llm_serve.safety.toxicity import scorer
+
+            scorer()  # the classifier loads now (~1 s), not on the first request a policy checks
 
     @property
     def enabled(self) -> bool:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![\w-])")
 CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+SEVEN_DIGITS = re.compile(r"\d(?:\D*\d){6}")  # no phone number has fewer
+CANDIDATE = re.compile(r"[\d@]")  # every kind needs a digit or an @: text without either is skipped at once
 PLACEHOLDER = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]"}
 ALL_KINDS = ("email", "phone", "card")
 
@@ -50,7 +52,7 @@ def _cards(text: str) -> Iterable[PiiMatch]:
 
 
 def _phones(text: str, region: str) -> Iterable[PiiMatch]:
-    if sum(ch.isdigit() for ch in text) < 7:  # no phone number is shorter: skip the matcher's work
+    if not SEVEN_DIGITS.search(text):  # skip the matcher's work where no number can be
         return
     import phonenumbers
 
@@ -61,6 +63,8 @@ def _phones(text: str, region: str) -> Iterable[PiiMatch]:
 def find_pii(text: str, kinds: Iterable[str] = ALL_KINDS, region: str = "US") -> list[PiiMatch]:
     """Non-overlapping matches, in order; where two kinds overlap (a card's digits read as a phone
     number) the earlier, then longer, match wins."""
+    if not CANDIDATE.search(text):
+        return []
     wanted = set(kinds)
     found: list[PiiMatch] = []
     if "email" in wanted and "@" in text:

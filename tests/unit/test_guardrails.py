@@ -95,10 +95,10 @@ def stream_content(raw: str) -> tuple[str, list[dict[str, Any]]]:
 def test_the_fast_scorer_equals_the_package() -> None:
     from profanity_check import predict_prob
 
-    texts = [TOXIC, CLEAN, PII, "", "shit", "Thanks, that fixed it!"]
+    texts = [TOXIC, CLEAN, PII, "", "shit", "Thanks, that fixed it!", "zzqx unknownword", " ".join([TOXIC, CLEAN] * 40)]
     ours = ToxicityScorer().scores(texts)
-    theirs = [0.0 if not t else round(float(p), 6) for t, p in zip(texts, predict_prob(texts), strict=True)]
-    assert ours == theirs
+    theirs = [0.0 if not t else float(p) for t, p in zip(texts, predict_prob(texts), strict=True)]
+    assert ours == pytest.approx(theirs, abs=1e-6)  # ours are rounded to 6 digits
     assert toxicity(TOXIC) > 0.9 and toxicity(CLEAN) < 0.2
 
 
