@@ -231,6 +231,61 @@ def second_router(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str
     return deploy_router(stack, config, "replica2", "/replica2", tmp_path_factory.mktemp("replica2"))
 
 
+GUARDED_PREFIX = "/guarded"
+GUARDED_KEYS = {name: f"sk-itest-{name}" for name in ("screened", "redacted", "blocked", "flagged", "admin")}
+
+
+@dataclass(frozen=True)
+class Guarded:
+    url: str
+    model: str
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {GUARDED_KEYS[name]}"}
+
+
+@pytest.fixture(scope="session")
+def guarded(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Guarded:
+    """A router with guardrail policies per key, in front of the suite's engine: `screened` has its input
+    checked (toxicity blocked, PII redacted), `redacted` its output's PII redacted, `blocked` and `flagged`
+    an output toxicity check whose threshold every answer crosses (so a real answer is blocked, or flagged)."""
+    import yaml
+
+    workdir = tmp_path_factory.mktemp("guarded")
+    config = yaml.safe_load(CONFIG.read_text())
+    config["app_name"] = "guarded"
+    config["ledger"] = {"url": f"sqlite:///{workdir / 'ledger.sqlite'}"}
+    config["cache"]["semantic"]["enabled"] = False
+    config["guardrails"] = {
+        "policies": {
+            "screen-input": {"input": {"toxicity": {"action": "block"}, "pii": {"action": "redact"}}},
+            "redact-output": {"output": {"pii": {"action": "redact"}}},
+            "block-output": {
+                "output": {"toxicity": {"action": "block", "threshold": 0.000001}},
+                "refusal": "Sorry, I cannot answer that.",
+            },
+            "flag-output": {"output": {"toxicity": {"action": "flag", "threshold": 0.000001}}},
+        }
+    }
+    policy = {
+        "screened": "screen-input",
+        "redacted": "redact-output",
+        "blocked": "block-output",
+        "flagged": "flag-output",
+    }
+    keys = [
+        {"name": name, "guardrails": [policy[name]] if name in policy else [], "admin": name == "admin"}
+        for name in GUARDED_KEYS
+    ]
+    config["auth"] = {"keys": [{**k, "key_sha256": _sha(GUARDED_KEYS[k["name"]])} for k in keys]}
+    url = deploy_router(stack, config, "guarded", GUARDED_PREFIX, workdir)
+    return Guarded(url=url, model=stack.model)
+
+
 BATCH_PREFIX = "/batch-router"
 
 
