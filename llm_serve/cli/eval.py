@@ -53,6 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         max_errors=args.max_errors,
         no_cache=args.no_cache,
         progress=not args.no_progress,
+        feedback=args.feedback,
         tracking=not args.no_tracking,
         tracking_uri=args.tracking_uri,
         experiment=args.experiment,
@@ -139,6 +140,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     ev.add_argument("--no-cache", action="store_true", help="ask llm-serve not to answer from its caches")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    ev.add_argument(
+        "--feedback",
+        action="store_true",
+        help="add users' feedback (satisfaction, task completion, escalation) on the traffic each variant's "
+        "model and prompt version served, from /admin/usage (needs an admin key)",
+    )
     ev.add_argument("--no-tracking", action="store_true", help="do not log the run to MLflow")
     ev.add_argument(
         "--tracking-uri",

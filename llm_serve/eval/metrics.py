@@ -33,6 +33,8 @@ HALLUCINATION_METRIC = "hallucination_rate"
 TOXICITY_METRIC = "toxicity"  # alt-profanity-check's probability (llm_serve/safety/toxicity.py)
 # Computed from the answers themselves in report.summarize, not per row by the scorer.
 OPERATIONAL_METRICS = ("avg_response_time_s", "avg_tokens_used")
+# Users' feedback on production traffic served like each variant (`--feedback`, eval/feedback.py).
+FEEDBACK_METRICS = ("satisfaction", "task_completion_rate", "escalation_rate", "feedback_score")
 ALL_METRICS = (
     *REFERENCE_METRICS,
     STRING_METRIC,
@@ -42,9 +44,10 @@ ALL_METRICS = (
     HALLUCINATION_METRIC,
     TOXICITY_METRIC,
     *OPERATIONAL_METRICS,
+    *FEEDBACK_METRICS,
 )
 # Gates on these are maxima (`toxicity=0.01` means at most 0.01); on every other metric, minima.
-LOWER_IS_BETTER = frozenset({HALLUCINATION_METRIC, TOXICITY_METRIC, *OPERATIONAL_METRICS})
+LOWER_IS_BETTER = frozenset({HALLUCINATION_METRIC, TOXICITY_METRIC, *OPERATIONAL_METRICS, "escalation_rate"})
 SCORE_DIGITS = 6
 FAILURE_CHARS = 300  # of a metric's exception message in the results
 

@@ -55,13 +55,18 @@ def default_out_dir(root: Path) -> Path:
 
 async def _collect(
     options: EvalOptions, rows: list[EvalRow], variants: list[Variant]
-) -> tuple[dict[str, list[Answer]], dict[str, list[Any]], dict[str, Any] | None]:
+) -> tuple[dict[str, list[Answer]], dict[str, list[Any]], dict[str, Any] | None, list[dict[str, Any]] | None]:
     from llm_serve.eval.metrics import Scorer, score_all
 
     base = api_base(options.endpoint)
     api_key = resolve_api_key(options.api_key)
     async with http_client(options, api_key) as client:
         await check_reachable(client, base, "endpoint")
+        feedback = None
+        if options.feedback:  # before any row runs: a key that may not read it is a usage error, not a late one
+            from llm_serve.eval.feedback import fetch_feedback
+
+            feedback = await fetch_feedback(client, base)
         judge = None
         if options.judge is not None:
             from llm_serve.eval.judge import build_judge
@@ -76,7 +81,7 @@ async def _collect(
         finally:
             if judge is not None:
                 await judge.aclose()
-    return answers, scores, judge.describe() if judge else None
+    return answers, scores, judge.describe() if judge else None, feedback
 
 
 def _notes(options: EvalOptions, rows: list[EvalRow], answers: dict[str, list[Answer]]) -> list[str]:
@@ -128,7 +133,7 @@ def run_eval(options: EvalOptions) -> EvalOutcome:
     rows = load_dataset(options.dataset, options.limit, options.max_listed_errors)
     out_dir = options.out or default_out_dir(options.out_root)
 
-    answers, scores, judge = asyncio.run(_collect(options, rows, variants))
+    answers, scores, judge, feedback = asyncio.run(_collect(options, rows, variants))
 
     import ragas
 
@@ -153,6 +158,16 @@ def run_eval(options: EvalOptions) -> EvalOutcome:
         "max_listed": options.max_listed_errors,
         "variants": [variant_result(v, rows, answers[v.label], scores[v.label]) for v in variants],
     }
+    if feedback is not None:
+        from llm_serve.eval.feedback import feedback_metrics
+
+        for variant, result in zip(variants, results["variants"], strict=True):
+            result["summary"]["metrics"].update(feedback_metrics(feedback, answers[variant.label]))
+        results["feedback"] = {"source": "/admin/usage?period=total", "groups": len(feedback)}
+        results["notes"].append(
+            "satisfaction, task_completion_rate, escalation_rate and feedback_score are users' feedback on the "
+            "production traffic served by each variant's model, adapter and prompt version, not this dataset's rows"
+        )
     results["metrics"] = available_metrics(results)
 
     messages: list[str] = []

@@ -71,6 +71,9 @@ class EvalOptions(BaseModel):
     connect_timeout_s: float = Field(5.0, gt=0, description="How long the endpoint gets to accept a connection.")
     progress: bool = Field(True, description="Show progress bars on stderr.")
     max_listed_errors: int = Field(20, ge=1, description="Dataset errors and failed rows listed before 'and N more'.")
+    feedback: bool = Field(
+        False, description="Add users' feedback on the traffic each variant's model/prompt served (an admin key)."
+    )
     tracking: bool = Field(True, description="Log the run to MLflow (parent run, one nested run per variant).")
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; default: config tracking.uri, $MLFLOW_TRACKING_URI, <home>/mlflow."

@@ -55,7 +55,11 @@ class AdminRoutes:
         period = request.query_params.get("period", "month")
         if period not in ("day", "month", "total"):
             raise OpenAIError(400, "period must be day, month or total", code="invalid_value", param="period")
-        return await self.state.usage(period, request.query_params.get("key"))
+        key = request.query_params.get("key")
+        usage = await self.state.usage(period, key)
+        # Business metrics beside the spend: per model, adapter and prompt version (router/feedback_store.py).
+        usage["feedback"] = await self.state.feedback_summary(period, key)
+        return usage
 
     async def requests(self, request: Request) -> dict[str, Any]:
         """The latest ledger rows (newest first); `key` and `request_id` narrow them (the id a caller got back

@@ -40,6 +40,7 @@ from llm_serve.router.body_limit import BodySizeLimit
 from llm_serve.router.coalesce import Coalescer
 from llm_serve.router.embeddings import EmbeddingsRoute
 from llm_serve.router.errors import OpenAIError, install_error_handlers
+from llm_serve.router.feedback import FeedbackRoute
 from llm_serve.router.guardrails import GuardInput, Guardrails
 from llm_serve.router.ledger import default_url
 from llm_serve.router.model_cards import ModelCards
@@ -142,6 +143,7 @@ class Router:
         )
         self.model_cards = ModelCards(config, embedders, self.adapters, self.keys)
         self.admin = AdminRoutes(config, self.keys, self.state, self.coalescer)
+        self.feedback = FeedbackRoute(config, self.keys, self.state, metrics)
         self.responses = ResponsesRoute(config, self.pipeline, self.keys)
         self.messages = MessagesRoute(config, self.pipeline, self.keys, resolve, prompt_tokens)
         batch = config.batch
@@ -228,6 +230,7 @@ class Router:
         if self.config.batch.enabled:
             self.files_route.install(app)
             self.batches_route.install(app)
+        self.feedback.install(app)
         self.admin.install(app)
         install_request_schemas(app)
         return app

@@ -20,6 +20,7 @@ from typing import Any
 
 from llm_serve.config import Config
 from llm_serve.router.exact_cache import ExactCache
+from llm_serve.router.feedback_store import feedback_summary, record_feedback
 from llm_serve.router.ledger import Ledger, LedgerRow, Period, default_url, period_start
 from llm_serve.router.ledger_writer import LedgerWriter
 from llm_serve.router.quota import KeyQuota, Quotas
@@ -134,6 +135,18 @@ class RouterState:
     ) -> list[dict[str, Any]]:
         return await self._read(self.ledger.rows, limit, key_name, request_id) if self.ledger else []
 
+    async def feedback(self, key_name: str, request_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge feedback into the key's request (after the rows still being written: a client that sends
+        feedback the moment its answer arrives finds its request); None when the key has no such request."""
+        if self.ledger is None:
+            return None
+        return await self._read(record_feedback, self.ledger.engine, key_name, request_id, fields)
+
+    async def feedback_summary(self, period: Period = "month", key_name: str | None = None) -> list[dict[str, Any]]:
+        if self.ledger is None:
+            return []
+        return await asyncio.to_thread(feedback_summary, self.ledger.engine, period_start(period), key_name)
+
     async def ledger_status(self) -> dict[str, Any]:
         """What the writer holds back: rows waiting for the database, and failed attempts so far."""
         if self.writer is None:
@@ -195,6 +208,12 @@ class StateClient:
         self, limit: int, key_name: str | None = None, request_id: str | None = None
     ) -> list[dict[str, Any]]:
         return await self._call("recent", limit, key_name, request_id)
+
+    async def feedback(self, key_name: str, request_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        return await self._call("feedback", key_name, request_id, fields)
+
+    async def feedback_summary(self, period: Period, key_name: str | None = None) -> list[dict[str, Any]]:
+        return await self._call("feedback_summary", period, key_name)
 
     async def cache_get(self, key: str) -> Any | None:
         return await self._call("cache_get", key)

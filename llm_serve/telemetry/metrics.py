@@ -51,6 +51,7 @@ class ServingMetrics:
             self.duration = self.ttft = self.tpot = self.token_usage = self.retrieval = none
             self.ongoing = self.queued = self.groundedness = self.hallucination_rate = self.scored = none
             self.guardrail_findings = self.toxicity = self.toxicity_scored = self.toxic_rate = none
+            self.feedback = self.feedback_score = none
             return
         from ray.util.metrics import Counter, Gauge, Histogram
 
@@ -133,6 +134,15 @@ class ServingMetrics:
             "llm_serve_output_toxicity_scored",
             "Answers scored online for toxicity, by verdict (clean, toxic).",
             ("verdict",),
+        )
+        self.feedback = Counter(
+            "llm_serve_feedback",
+            "User feedback submissions (POST /v1/feedback) by model, adapter, prompt name@version and signal "
+            "(thumbs_up, thumbs_down, task_completed, task_not_completed, escalated, not_escalated).",
+            ("model", "adapter", "prompt", "signal"),
+        )
+        self.feedback_score = Histogram(
+            "llm_serve_feedback_score", "1-5 satisfaction scores given as feedback.", [1, 2, 3, 4, 5], ("model",)
         )
         self.toxic_rate = Gauge(
             "llm_serve_output_toxic_rate",

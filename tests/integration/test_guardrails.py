@@ -9,6 +9,7 @@ with it must not. Each request is looked up in the router's own ledger through /
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -45,6 +46,14 @@ def ledger_row(guarded, request_id: str) -> dict[str, Any]:
         time.sleep(1)
 
 
+def post(guarded, key: str, body: dict[str, Any]) -> httpx.Response:
+    """A request with an id of our own: Serve's proxy adds its own x-request-id to answers beside the router's."""
+    headers = {**guarded.headers(key), "x-request-id": uuid.uuid4().hex}
+    resp = httpx.post(f"{guarded.base_url}/chat/completions", json=body, headers=headers, timeout=300)
+    resp.request_id = headers["x-request-id"]  # type: ignore[attr-defined]
+    return resp
+
+
 def sdk(guarded, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=guarded.base_url, api_key=f"sk-itest-{key}", timeout=300, max_retries=0)
 
@@ -52,41 +61,36 @@ def sdk(guarded, key: str) -> openai.OpenAI:
 def test_toxic_input_is_refused_streamed_or_not_and_costs_nothing(guarded) -> None:
     client = sdk(guarded, "screened")
     for stream in (False, True):
+        request_id = uuid.uuid4().hex
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(
-                model=guarded.model, messages=[{"role": "user", "content": TOXIC}], max_tokens=8, stream=stream
+                model=guarded.model,
+                messages=[{"role": "user", "content": TOXIC}],
+                max_tokens=8,
+                stream=stream,
+                extra_headers={"x-request-id": request_id},
             )
         assert caught.value.code == "input_blocked" and "screen-input" in caught.value.message
-        request_id = caught.value.response.headers["x-request-id"]
         row = ledger_row(guarded, request_id)
         assert row["status"] == 400 and row["cost_usd"] == 0 and row["completion_tokens"] == 0
         assert row["guardrail"] == "input:toxicity=block"
     # Another key, no policy: the same words are answered.
-    plain = httpx.post(
-        f"{guarded.base_url}/chat/completions",
-        json=chat(guarded.model, TOXIC),
-        headers=guarded.headers("redacted"),
-        timeout=300,
-    )
+    plain = post(guarded, "redacted", chat(guarded.model, TOXIC))
     assert plain.status_code == 200
 
 
 def test_pii_in_the_input_never_reaches_the_engine(guarded) -> None:
     body = chat(guarded.model, f"Repeat this address exactly: {EMAIL}", max_tokens=32)
-    resp = httpx.post(
-        f"{guarded.base_url}/chat/completions", json=body, headers=guarded.headers("screened"), timeout=300
-    )
+    resp = post(guarded, "screened", body)
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-llm-serve-guardrail"] == "input:pii=redact"
     assert EMAIL not in resp.json()["choices"][0]["message"]["content"]  # the model never saw it
-    assert ledger_row(guarded, resp.headers["x-request-id"])["guardrail"] == "input:pii=redact"
+    assert ledger_row(guarded, resp.request_id)["guardrail"] == "input:pii=redact"
 
 
 def test_pii_in_an_answer_is_redacted_streamed_and_not(guarded) -> None:
     body = chat(guarded.model, f"Repeat this address exactly: {EMAIL}", max_tokens=32)
-    whole = httpx.post(
-        f"{guarded.base_url}/chat/completions", json=body, headers=guarded.headers("redacted"), timeout=300
-    )
+    whole = post(guarded, "redacted", body)
     assert whole.status_code == 200, whole.text
     answer = whole.json()["choices"][0]["message"]["content"]
     streamed = sdk(guarded, "redacted").chat.completions.create(**{**body, "stream": True})
@@ -95,16 +99,14 @@ def test_pii_in_an_answer_is_redacted_streamed_and_not(guarded) -> None:
         assert EMAIL not in said and "jane.doe@" not in said
     assert text == answer  # the same greedy answer, redacted the same way whole or chunk by chunk
     if "[EMAIL]" in answer:  # the model repeated the address (SmolLM2 does, greedily): it was caught
-        assert ledger_row(guarded, whole.headers["x-request-id"])["guardrail"] == "output:pii=redact"
+        assert ledger_row(guarded, whole.request_id)["guardrail"] == "output:pii=redact"
 
 
 def test_a_blocked_answer_is_a_400_or_a_refusal_and_billed(guarded) -> None:
     body = chat(guarded.model, "What is the capital of France?")
-    resp = httpx.post(
-        f"{guarded.base_url}/chat/completions", json=body, headers=guarded.headers("blocked"), timeout=300
-    )
+    resp = post(guarded, "blocked", body)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "output_blocked", resp.text
-    row = ledger_row(guarded, resp.headers["x-request-id"])
+    row = ledger_row(guarded, resp.request_id)
     assert row["completion_tokens"] > 0 and row["cost_usd"] > 0 and row["guardrail"] == "output:toxicity=block"
 
     chunks = list(
@@ -121,17 +123,10 @@ def test_a_blocked_answer_is_a_400_or_a_refusal_and_billed(guarded) -> None:
 
 def test_a_flag_passes_the_answer_and_marks_it(guarded) -> None:
     body = chat(guarded.model, "What is the capital of France?")
-    resp = httpx.post(
-        f"{guarded.base_url}/chat/completions", json=body, headers=guarded.headers("flagged"), timeout=300
-    )
+    resp = post(guarded, "flagged", body)
     assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"]
     assert resp.headers["x-llm-serve-guardrail"] == "output:toxicity=flag"
-    streamed = httpx.post(
-        f"{guarded.base_url}/chat/completions",
-        json={**body, "stream": True},
-        headers=guarded.headers("flagged"),
-        timeout=300,
-    )
+    streamed = post(guarded, "flagged", {**body, "stream": True})
     assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
     assert "content_filter" not in streamed.text
-    assert ledger_row(guarded, streamed.headers["x-request-id"])["guardrail"] == "output:toxicity=flag"
+    assert ledger_row(guarded, streamed.request_id)["guardrail"] == "output:toxicity=flag"

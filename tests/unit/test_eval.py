@@ -85,6 +85,42 @@ RETRIEVED = {
     ROWS[2]["question"]: [E7_CTX],
 }
 V2_SUFFIX = " Is there anything else I can help with?"
+ADMIN_KEY = "sk-standin-admin"
+# What the stand-in's /admin/usage reports: users' feedback on two prompt versions served by `good`.
+FEEDBACK_ROWS = [
+    {
+        "model": "good",
+        "adapter": None,
+        "prompt": "support-answer@1+0123abcd",
+        "feedback": 5,
+        "rated": 4,
+        "thumbs_up": 3,
+        "thumbs_down": 1,
+        "satisfaction": 0.75,
+        "mean_score": 4.0,
+        "scored": 2,
+        "task_completion_rate": 0.5,
+        "task_reported": 2,
+        "escalation_rate": 0.25,
+        "escalation_reported": 4,
+    },
+    {
+        "model": "good",
+        "adapter": None,
+        "prompt": "support-answer@2+0123abcd",
+        "feedback": 1,
+        "rated": 1,
+        "thumbs_up": 0,
+        "thumbs_down": 1,
+        "satisfaction": 0.0,
+        "mean_score": None,
+        "scored": 0,
+        "task_completion_rate": None,
+        "task_reported": 0,
+        "escalation_rate": 1.0,
+        "escalation_reported": 1,
+    },
+]
 
 # ---- the stand-in endpoint ---------------------------------------------------------------------------
 
@@ -148,6 +184,12 @@ def _make_app(state: StandIn) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": "good", "object": "model"}]}
+
+    @app.get("/admin/usage")
+    async def usage(request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
+            return JSONResponse({"error": {"message": "not an admin key", "code": "admin_only"}}, status_code=403)
+        return JSONResponse({"object": "usage", "data": [], "feedback": FEEDBACK_ROWS})
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> dict[str, Any]:
@@ -688,3 +730,33 @@ def test_no_tracking_and_an_unwritable_store(
     assert run(stand_in, dataset, tmp_path / "b", "--tracking-uri", f"sqlite:///{blocker}/sub/mlflow.db") == 0
     assert "warning: not logged to MLflow" in capsys.readouterr().err
     assert (tmp_path / "b" / "results.json").is_file()
+
+
+def test_feedback_slices_beside_the_offline_scores(
+    stand_in: StandIn, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--prompt", "support-answer@1", "--compare", "prompt=support-answer@2", "--compare", "prompt="]
+    out = tmp_path / "out"
+    assert run(stand_in, dataset, out, *args, "--feedback", "--api-key", ADMIN_KEY) == 0
+    data = results(out)
+    v1, v2, plain = means(data, 0), means(data, 1), means(data, 2)
+    assert v1["satisfaction"] == 0.75 and v1["task_completion_rate"] == 0.5 and v1["escalation_rate"] == 0.25
+    assert v1["feedback_score"] == 4.0 and data["variants"][0]["summary"]["metrics"]["satisfaction"]["n"] == 4
+    assert v2["satisfaction"] == 0.0 and v2["escalation_rate"] == 1.0 and "task_completion_rate" not in v2
+    assert "satisfaction" not in plain  # nobody gave feedback on answers without a registry prompt
+    assert any("users' feedback" in note for note in data["notes"])
+    assert "| escalation_rate | 0.250 (n=4) | 1.000 (n=1) | - |" in (out / "results.md").read_text()
+    # A gate on what users said, in its own sense (escalation_rate is a maximum).
+    gated = tmp_path / "gated"
+    assert (
+        run(stand_in, dataset, gated, *args[:2], "--feedback", "--api-key", ADMIN_KEY, "--gate", "escalation_rate=0.2")
+        == 1
+    )
+    assert "FAIL escalation_rate = 0.2500 > 0.2" in capsys.readouterr().err
+    # Without an admin key: refused before any row runs.
+    before = len(stand_in.requests)
+    assert run(stand_in, dataset, tmp_path / "no", "--feedback") == 2
+    assert "--feedback needs an admin key" in capsys.readouterr().err
+    assert len(stand_in.chat_bodies()) == len(
+        [r for r in stand_in.requests[:before] if r["path"] == "/v1/chat/completions"]
+    )
