@@ -904,6 +904,15 @@ class RoutingConfig(Strict):
     )
 
 
+class PromotionConfig(Strict):
+    """Served aliases moved by `llm-serve promote` (router/served_aliases.py)."""
+
+    enabled: bool = Field(True, description="Resolve served aliases and accept /admin/aliases moves.")
+    refresh_s: float = Field(
+        1.0, gt=0, description="How long a router replica keeps the alias table it read: a move reaches all within it."
+    )
+
+
 class PromptsConfig(Strict):
     directory: str = Field(
         "configs/prompts", description="The prompt registry (relative paths are from the project root)."
@@ -1048,6 +1057,7 @@ class Config(Strict):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:

@@ -6,6 +6,7 @@ ingest                     documents into a Milvus collection (ingest.py)
 prompts list|show|diff|lock  the prompt registry (prompts.py)
 train, adapters list       fine-tuning jobs and their adapters (train.py)
 eval                       ragas evaluation of an endpoint (eval.py)
+promote                    a served alias moved when its evaluation passes (promote.py)
 keys create, usage         API keys and spend (keys.py)
 cache calibrate            the semantic cache's verifier threshold (cache.py)
 """
@@ -15,12 +16,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from llm_serve.cli import cache, ingest, keys, models, prompts, stack, train
+from llm_serve.cli import cache, ingest, keys, models, promote, prompts, stack, train
 from llm_serve.cli import eval as eval_cmd
 from llm_serve.cli.common import say
 from llm_serve.config import CONFIG_ENV, ConfigError
 
-GROUPS = (stack, models, ingest, prompts, train, eval_cmd, keys, cache)
+GROUPS = (stack, models, ingest, prompts, train, eval_cmd, promote, keys, cache)
 
 
 def build_parser() -> argparse.ArgumentParser:

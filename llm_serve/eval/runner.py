@@ -42,6 +42,7 @@ class EvalOutcome:
     results: dict[str, Any]
     markdown: str
     messages: list[str] = field(default_factory=list)
+    tracking_run: str | None = None  # the MLflow parent run, when the run was logged
 
 
 def default_out_dir(root: Path) -> Path:
@@ -104,7 +105,7 @@ def _notes(options: EvalOptions, rows: list[EvalRow], answers: dict[str, list[An
     return notes
 
 
-def _track(options: EvalOptions, results: dict[str, Any], files: list[Path]) -> str:
+def _track(options: EvalOptions, results: dict[str, Any], files: list[Path]) -> tuple[str, str | None]:
     """Log to MLflow; a store that cannot be written is reported, never the end of a finished evaluation."""
     from llm_serve.config import load_config
     from llm_serve.eval.tracking import log_eval
@@ -113,13 +114,16 @@ def _track(options: EvalOptions, results: dict[str, Any], files: list[Path]) -> 
     try:
         config = load_config()
         if not config.tracking.enabled and options.tracking_uri is None:
-            return "mlflow: not logged (tracking.enabled is false in the config)"
+            return "mlflow: not logged (tracking.enabled is false in the config)", None
         tracker = Tracker.from_config(config, options.tracking_uri)
         experiment = options.experiment or config.tracking.eval_experiment
         logged = log_eval(tracker, results, files, experiment, options.run_name)
     except Exception as exc:  # ConfigError, MlflowException, sqlalchemy's, OSError: all only reported
-        return f"warning: not logged to MLflow: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-    return f"mlflow: run {logged.parent_run_id} in experiment {logged.experiment!r} at {logged.uri}"
+        return f"warning: not logged to MLflow: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}", None
+    return (
+        f"mlflow: run {logged.parent_run_id} in experiment {logged.experiment!r} at {logged.uri}",
+        logged.parent_run_id,
+    )
 
 
 def run_eval(options: EvalOptions) -> EvalOutcome:
@@ -197,6 +201,8 @@ def run_eval(options: EvalOptions) -> EvalOutcome:
     markdown = render_markdown(results, gate_results)
     json_path, md_path = write_results(out_dir, results, markdown)
     messages.append(f"results: {json_path} and {md_path}")
+    tracking_run = None
     if options.tracking:
-        messages.append(_track(options, results, [json_path, md_path]))
-    return EvalOutcome(exit_code, out_dir, results, markdown, messages)
+        message, tracking_run = _track(options, results, [json_path, md_path])
+        messages.append(message)
+    return EvalOutcome(exit_code, out_dir, results, markdown, messages, tracking_run)

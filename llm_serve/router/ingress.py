@@ -30,6 +30,7 @@ from llm_serve.rag.milvus_server import milvus_uri
 from llm_serve.rag.retriever import Retriever
 from llm_serve.router.adapter_catalog import AdapterCatalog
 from llm_serve.router.admin import AdminRoutes
+from llm_serve.router.alias_routes import AliasRoutes
 from llm_serve.router.apis.anthropic_route import MessagesRoute
 from llm_serve.router.apis.responses_route import ResponsesRoute
 from llm_serve.router.auth import Caller, KeyRing
@@ -50,6 +51,7 @@ from llm_serve.router.pipeline import GenerationPipeline
 from llm_serve.router.prompt_tokens import PromptTokens
 from llm_serve.router.providers.pool import build_upstream_pools
 from llm_serve.router.semantic_cache import SemanticCache
+from llm_serve.router.served_aliases import AliasCache
 from llm_serve.router.stages.admit import Admit
 from llm_serve.router.stages.cache import Cache
 from llm_serve.router.stages.dispatch import Dispatch
@@ -116,7 +118,12 @@ class Router:
         cache = Cache(config, self.state, self._semantic_cache(), self.observer, guardrails)
         rag_prompt = PromptTemplate.from_dict(prompts["rag"]) if prompts.get("rag") else None
         registry = PromptRegistry.from_dict(prompts["registry"]) if prompts.get("registry") else None
-        resolve = Resolve(config, self.adapters)
+        self.served_aliases = (
+            AliasCache(self.state.aliases, config.promotion.refresh_s)
+            if config.promotion.enabled and config.ledger.enabled
+            else None
+        )
+        resolve = Resolve(config, self.adapters, self.served_aliases)
         # The order of the generation path, and why, is written in pipeline.py's docstring.
         self.pipeline = GenerationPipeline(
             [
@@ -144,6 +151,11 @@ class Router:
         self.model_cards = ModelCards(config, embedders, self.adapters, self.keys)
         self.admin = AdminRoutes(config, self.keys, self.state, self.coalescer)
         self.feedback = FeedbackRoute(config, self.keys, self.state, metrics)
+        self.alias_routes = (
+            AliasRoutes(config, self.admin, self.state, self.adapters, registry, self.served_aliases)
+            if self.served_aliases is not None
+            else None
+        )
         self.responses = ResponsesRoute(config, self.pipeline, self.keys)
         self.messages = MessagesRoute(config, self.pipeline, self.keys, resolve, prompt_tokens)
         batch = config.batch
@@ -232,6 +244,8 @@ class Router:
             self.batches_route.install(app)
         self.feedback.install(app)
         self.admin.install(app)
+        if self.alias_routes is not None:
+            self.alias_routes.install(app)
         install_request_schemas(app)
         return app
 

@@ -62,6 +62,8 @@ class LedgerRow:
     api: str = field(default="openai", metadata=_column(sa.String(16)))
     # What guardrails found and did (`input:pii=redact,output:toxicity=flag`); None when nothing fired.
     guardrail: str | None = field(default=None, metadata=_column(sa.String(128)))
+    # The served alias the client called (`support-bot`), when it called one; `model`/`adapter` are its target.
+    served_alias: str | None = field(default=None, metadata=_column(sa.String(64)))
     # The row's own identity: a row retried after a crash or a timeout is written once (request ids are
     # the client's and may repeat).
     row_id: str = field(default_factory=_row_id, metadata=_column(sa.String(32), unique=True))

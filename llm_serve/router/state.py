@@ -24,6 +24,7 @@ from llm_serve.router.feedback_store import feedback_summary, record_feedback
 from llm_serve.router.ledger import Ledger, LedgerRow, Period, default_url, period_start
 from llm_serve.router.ledger_writer import LedgerWriter
 from llm_serve.router.quota import KeyQuota, Quotas
+from llm_serve.router.served_aliases import AliasTarget, alias_history, current_aliases, move_alias, rollback_alias
 
 logger = logging.getLogger("llm_serve.router")
 
@@ -147,6 +148,28 @@ class RouterState:
             return []
         return await asyncio.to_thread(feedback_summary, self.ledger.engine, period_start(period), key_name)
 
+    # ---- served aliases (router/served_aliases.py): read from the database on every call ------------
+
+    async def aliases(self) -> dict[str, dict[str, Any]]:
+        return await asyncio.to_thread(current_aliases, self.ledger.engine) if self.ledger else {}
+
+    async def alias_history(self, alias: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(alias_history, self.ledger.engine, alias) if self.ledger else []
+
+    async def move_alias(
+        self, alias: str, target: AliasTarget, by: str, note: str | None = None, evaluation: str | None = None
+    ) -> dict[str, Any]:
+        if self.ledger is None:
+            raise RuntimeError("served aliases need the ledger (ledger.enabled: true)")
+        return await asyncio.to_thread(
+            lambda: move_alias(self.ledger.engine, alias, target, by=by, note=note, evaluation=evaluation)
+        )
+
+    async def rollback_alias(self, alias: str, by: str, note: str | None = None) -> dict[str, Any] | None:
+        if self.ledger is None:
+            return None
+        return await asyncio.to_thread(lambda: rollback_alias(self.ledger.engine, alias, by=by, note=note))
+
     async def ledger_status(self) -> dict[str, Any]:
         """What the writer holds back: rows waiting for the database, and failed attempts so far."""
         if self.writer is None:
@@ -214,6 +237,20 @@ class StateClient:
 
     async def feedback_summary(self, period: Period, key_name: str | None = None) -> list[dict[str, Any]]:
         return await self._call("feedback_summary", period, key_name)
+
+    async def aliases(self) -> dict[str, dict[str, Any]]:
+        return await self._call("aliases")
+
+    async def alias_history(self, alias: str) -> list[dict[str, Any]]:
+        return await self._call("alias_history", alias)
+
+    async def move_alias(
+        self, alias: str, target: AliasTarget, by: str, note: str | None = None, evaluation: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call("move_alias", alias, target, by, note, evaluation)
+
+    async def rollback_alias(self, alias: str, by: str, note: str | None = None) -> dict[str, Any] | None:
+        return await self._call("rollback_alias", alias, by, note)
 
     async def cache_get(self, key: str) -> Any | None:
         return await self._call("cache_get", key)

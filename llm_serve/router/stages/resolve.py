@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llm_serve.config import Config, RagAlias
+from llm_serve.config import AUTO_MODEL, Config, RagAlias
 from llm_serve.rag.errors import RagError
 from llm_serve.rag.filters import and_filters
 from llm_serve.rag.retriever import RagRequest
@@ -22,16 +22,42 @@ from llm_serve.router.auth import OPEN, Caller
 from llm_serve.router.context import RequestContext
 from llm_serve.router.errors import OpenAIError, from_rag_error, invalid_body
 from llm_serve.router.routing import route_candidates
+from llm_serve.router.served_aliases import AliasCache
 
 
 class Resolve:
-    def __init__(self, config: Config, adapters: AdapterCatalog) -> None:
+    def __init__(self, config: Config, adapters: AdapterCatalog, served: AliasCache | None = None) -> None:
         self.config = config
         self.adapters = adapters
+        self.served = served
+        self.fixed = {m.id for m in config.models} | {a.id for a in config.rag.aliases} | set(config.routing.aliases)
+
+    async def _served_alias(self, ctx: RequestContext, requested: str) -> tuple[str, Caller]:
+        """A served alias (router/served_aliases.py) becomes its target; the key may be allowed either name.
+
+        Returns the model id to resolve and the caller to resolve it as: a key allowed the alias is allowed
+        what the alias points at (and that pool's fallbacks), whatever its `models` list says of them.
+        """
+        if self.served is None or requested in self.fixed or requested == AUTO_MODEL:
+            return requested, ctx.caller
+        target = await self.served.get(requested)
+        if target is None:
+            return requested, ctx.caller
+        if not (ctx.caller.may_use(requested) or ctx.caller.may_use(target.model_id)):
+            raise OpenAIError(
+                403, f"The API key '{ctx.caller.name}' may not use the model '{requested}'", code="model_not_allowed"
+            )
+        ctx.row.served_alias = requested
+        raw = ctx.prompt_raw
+        pinned = target.prompt and isinstance(raw, dict) and raw.get("name") == target.prompt_name
+        if pinned and raw.get("version") is None and raw.get("alias") is None:  # an explicit choice is the client's
+            raw["version"] = target.prompt_version
+        ctx.data["model"] = target.model_id
+        return target.model_id, OPEN if ctx.caller.may_use(requested) else ctx.caller
 
     async def __call__(self, ctx: RequestContext) -> None:
-        config, caller, data = self.config, ctx.caller, ctx.data
-        requested: str = data["model"]
+        config, data = self.config, ctx.data
+        requested, caller = await self._served_alias(ctx, data["model"])
         alias = config.rag_alias(requested)
         adapter = None if alias is not None or config.model(requested) else await self.adapters.find(requested)
         if alias is not None or adapter is not None:
@@ -56,7 +82,7 @@ class Resolve:
             raise OpenAIError(
                 400, "retrieval (rag) is supported on /v1/chat/completions only", code="invalid_value", param="rag"
             )
-        ctx.rag = parse_rag(ctx.rag_raw, alias, config, caller)
+        ctx.rag = parse_rag(ctx.rag_raw, alias, config, ctx.caller)
 
 
 def parse_rag(raw: Any, alias: RagAlias | None, config: Config, caller: Caller = OPEN) -> RagRequest | None:
