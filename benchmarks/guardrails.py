@@ -25,6 +25,7 @@ import itertools
 import json
 import statistics
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -170,6 +171,7 @@ def _router(guarded: bool) -> Any:
     every = {"toxicity": {"action": "block"}, "pii": {"action": "redact"}}
     config = parse_config(
         {
+            "home": tempfile.mkdtemp(prefix="llm-serve-bench-guardrails-"),  # its ledger, not the user's
             "models": [{"id": "m", "source": "x"}],
             "embedding_models": [],
             "cache": {"exact": {"enabled": False}},

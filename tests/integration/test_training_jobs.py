@@ -114,7 +114,21 @@ def recipe(cluster, tiny: Path, name: str, steps: int, adapter: str, **overrides
 
 def submit(cluster, recipe_path: Path) -> str:
     proc = subprocess.run(
-        ["ray", "job", "submit", "--working-dir", ".", "--", "llm-serve", "train", "--config", str(recipe_path)],
+        [
+            "ray",
+            "job",
+            "submit",
+            "--working-dir",
+            ".",
+            # The job's driver gets the test's home (its MLflow store), not the one of whoever runs the suite.
+            "--runtime-env-json",
+            json.dumps({"env_vars": {"LLM_SERVE_HOME": cluster["env"]["LLM_SERVE_HOME"]}}),
+            "--",
+            "llm-serve",
+            "train",
+            "--config",
+            str(recipe_path),
+        ],
         cwd=ROOT,
         env=cluster["env"],
         capture_output=True,
@@ -150,16 +164,17 @@ def test_jobs_submit_resume_and_repeat(cluster, tiny) -> None:
     assert meta["job_id"].startswith("raysubmit_") and meta["metrics"]["steps"] == 4
     registry = cluster["temp"] / "adapters" / "resumed"
     assert (registry / "adapter_config.json").is_file() and (registry / "adapter_model.safetensors").is_file()
-    assert_tracked(resumed, meta, resumed_steps)
+    assert_tracked(resumed, meta, resumed_steps, cluster["env"]["LLM_SERVE_HOME"])
 
 
-def assert_tracked(job_log: str, meta: dict, steps: list[dict]) -> None:
+def assert_tracked(job_log: str, meta: dict, steps: list[dict], cluster_home: str) -> None:
     """The submitted job logged itself to MLflow: recipe, every step's metrics, the published adapter."""
     from mlflow import MlflowClient
 
     found = re.search(r"mlflow: run (\w+) in experiment 'llm-serve-training' at (\S+)", job_log)
     assert found, job_log[-3000:]
     run_id, uri = found.groups()
+    assert uri == f"sqlite:///{Path(cluster_home) / 'mlflow' / 'mlflow.db'}"  # the job ran with the test's home
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "resumable"

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from llm_serve.config import HOME_ENV
+
+# Module- and session-scoped fixtures (the fuzzers' routers) run before the per-test home below exists:
+# they get a home of the session's own, never the developer's.
+os.environ[HOME_ENV] = tempfile.mkdtemp(prefix="llm-serve-unit-")
 
 
 @pytest.fixture(autouse=True)
