@@ -46,6 +46,8 @@ class SayEngine:
 
     async def _results(self, body: Any) -> AsyncIterator[Any]:
         question = body.messages[-1]["content"]
+        if isinstance(question, list):  # content parts (the Anthropic adapter's translation)
+            question = "".join(p.get("text", "") for p in question if isinstance(p, dict))
         question = question if isinstance(question, str) else ""
         text = question.removeprefix("say: ") if question.startswith("say: ") else CLEAN
         if not body.stream:
@@ -265,6 +267,27 @@ async def test_a_toxic_stream_ends_with_the_refusal_and_is_billed() -> None:
     row = (await state.recent(1))[0]
     assert row["status"] == 200 and row["guardrail"] == "output:toxicity=block" and "blocked" in row["error"]
     assert row["cost_usd"] == pytest.approx(usage["cost_usd"])
+
+
+async def test_a_blocked_stream_reads_as_a_refusal_in_the_responses_and_messages_apis() -> None:
+    client, _, _ = make(guarded(input=None, refusal="No."))
+    text = f"say: {CLEAN} {TOXIC} And more words after it."
+    async with client:
+        responses = await client.post(
+            "/v1/responses", json={"model": A, "input": text, "stream": True}, headers=auth("alice")
+        )
+        messages = await client.post(
+            "/v1/messages",
+            json={"model": A, "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": text}]},
+            headers={"x-api-key": KEYS["alice"], "anthropic-version": "2023-06-01"},
+        )
+    assert responses.status_code == 200 and messages.status_code == 200, (responses.text, messages.text)
+    final = [json.loads(line[6:]) for line in responses.text.splitlines() if line.startswith("data: {")][-1]
+    assert final["type"] == "response.incomplete", final["type"]
+    assert final["response"]["incomplete_details"] == {"reason": "content_filter"}
+    deltas = [json.loads(line[6:]) for line in messages.text.splitlines() if line.startswith("data: {")]
+    stop = [d["delta"]["stop_reason"] for d in deltas if d.get("type") == "message_delta"]
+    assert stop == ["refusal"]
 
 
 async def test_no_policy_no_change() -> None:

@@ -50,6 +50,8 @@ def stop_reason(finish_reason: str | None, matched: Any, stop_sequences: list[st
         return "max_tokens", None
     if finish_reason == "tool_calls":
         return "tool_use", None
+    if finish_reason == "content_filter":  # a guardrail ended the answer (router/guardrails.py)
+        return "refusal", None
     if isinstance(matched, str) and stop_sequences and matched in stop_sequences:
         return "stop_sequence", matched
     return "end_turn", None

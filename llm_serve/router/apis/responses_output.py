@@ -101,9 +101,10 @@ def call_item(item_id: str, call: ToolCallState | dict[str, Any], status: str = 
 def finish(
     response: dict[str, Any], finish_reason: str | None, usage: dict[str, Any] | None, extra: dict[str, Any] | None
 ) -> dict[str, Any]:
-    response["status"] = "incomplete" if finish_reason == "length" else "completed"
-    if finish_reason == "length":
-        response["incomplete_details"] = {"reason": "max_output_tokens"}
+    reason = {"length": "max_output_tokens", "content_filter": "content_filter"}.get(finish_reason or "")
+    response["status"] = "incomplete" if reason else "completed"
+    if reason:  # content_filter: a guardrail ended the answer (router/guardrails.py)
+        response["incomplete_details"] = {"reason": reason}
     response["usage"] = usage_of(usage)
     if extra:
         response.update(extra)
