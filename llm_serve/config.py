@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_HOME = "~/.llm-serve"
 HOME_ENV = "LLM_SERVE_HOME"
@@ -669,10 +669,18 @@ class PiiCheck(Strict):
     )
     phone_region: str = Field(
         "US",
-        min_length=2,
-        max_length=2,
         description="Region (ISO 3166) for phone numbers written without a country code; +CC numbers match anywhere.",
     )
+
+    @field_validator("phone_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        import phonenumbers
+
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"phone_region {value!r} is not a region libphonenumber knows (e.g. US, GB, DE)")
+        return region
 
 
 class GuardChecks(Strict):
@@ -702,6 +710,12 @@ class GuardrailsConfig(Strict):
         le=4096,
         description="Streams whose output is redacted hold back this many characters, so a match split across "
         "chunks is still found (longer matches can slip through); other streams are not delayed.",
+    )
+    stream_check_window_chars: int = Field(
+        512,
+        ge=32,
+        description="A streamed answer's toxicity re-check scores its last this many characters, so each check "
+        "costs the same however long the answer grows.",
     )
     stream_check_chars: int = Field(
         64,

@@ -132,6 +132,7 @@ def promote(options: PromoteOptions) -> PromotionOutcome:
                 "prompt": options.prompt,
                 "note": options.note,
                 "evaluation": evaluation.tracking_run,
+                "expected": current["id"] if current else 0,  # refused (409) if another move came meanwhile
             }
             resp = http.put(f"/admin/aliases/{options.alias}", json={k: v for k, v in body.items() if v is not None})
             if resp.status_code != 200:

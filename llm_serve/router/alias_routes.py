@@ -33,6 +33,9 @@ class AliasMove(BaseModel):
     prompt: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+$", description="name@version pinned through the alias.")
     note: str | None = Field(None, max_length=NOTE_MAX_CHARS)
     evaluation: str | None = Field(None, max_length=256, description="What allowed the move (an MLflow run id).")
+    expected: int | None = Field(
+        None, ge=0, description="The id of the move the caller saw as current (0: none); 409 if another came since."
+    )
 
 
 class AliasRoutes:
@@ -96,8 +99,18 @@ class AliasRoutes:
             body = AliasMove.model_validate(await read_json(request, self.config.server.max_body_bytes))
         except ValidationError as exc:
             raise invalid_body(exc.errors()) from None
+        if await self.adapters.find(alias) is not None:
+            raise OpenAIError(
+                400, f"'{alias}' is an adapter's name: an alias must not shadow it", code="invalid_value", param="alias"
+            )
         target = await self._check(body)
-        moved = await self._call("move_alias", alias, target, caller.name, body.note, body.evaluation)
+        moved = await self._call("move_alias", alias, target, caller.name, body.note, body.evaluation, body.expected)
+        if moved is None:
+            raise OpenAIError(
+                409,
+                f"the served alias '{alias}' was moved since move {body.expected}; evaluate against its new target",
+                code="alias_moved",
+            )
         self.cache.invalidate()  # this replica sees it at once; the others within promotion.refresh_s
         return {"object": "served_alias", "alias": alias, "current": moved}
 

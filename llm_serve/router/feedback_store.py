@@ -50,8 +50,19 @@ def record_feedback(engine: sa.Engine, key_name: str, request_id: str, fields: d
     """Merge `fields` into the feedback of the key's latest request with this id; None when there is none.
 
     The request must be the key's own: another tenant's request id finds nothing, exactly as an unknown
-    one does, so ids cannot be probed across tenants.
+    one does, so ids cannot be probed across tenants. Two first submissions at once (a double click)
+    race to insert: the loser's unique-key error is retried as the merge it should have been.
     """
+    for attempt in range(2):
+        try:
+            return _merge(engine, key_name, request_id, fields)
+        except sa.exc.IntegrityError:
+            if attempt:
+                raise
+    return None
+
+
+def _merge(engine: sa.Engine, key_name: str, request_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
     given = {k: v for k, v in fields.items() if k in SIGNALS and v is not None}
     with engine.begin() as conn:
         row = conn.execute(
@@ -63,7 +74,7 @@ def record_feedback(engine: sa.Engine, key_name: str, request_id: str, fields: d
         if row is None:
             return None
         now = _now()
-        existing = conn.execute(sa.select(FEEDBACK).where(FEEDBACK.c.row_id == row.row_id)).first()
+        existing = conn.execute(sa.select(FEEDBACK.c.id).where(FEEDBACK.c.row_id == row.row_id)).first()
         if existing is None:
             values = {
                 "row_id": row.row_id,

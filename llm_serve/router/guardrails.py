@@ -80,8 +80,10 @@ def input_slots(ctx: RequestContext) -> list[tuple[str, Setter]]:
     data = ctx.data
     if ctx.route == "chat":
         slots = _message_slots(data.get("messages"))
-    else:
-        slots = _value_slots({"prompt": data.get("prompt")})
+    elif isinstance(data.get("prompt"), str):
+        slots = [(data["prompt"], lambda text: data.__setitem__("prompt", text))]
+    else:  # a list of prompts (token-id prompts have no text to check)
+        slots = _value_slots(data.get("prompt") if isinstance(data.get("prompt"), list) else [])
     if isinstance(ctx.prompt_raw, dict) and isinstance(ctx.prompt_raw.get("variables"), dict):
         slots += _value_slots(ctx.prompt_raw["variables"])
     return slots
@@ -106,12 +108,15 @@ class Guardrails:
         return bool(self.config.guardrails.policies)
 
     def policies(self, ctx: RequestContext) -> list[tuple[str, GuardrailPolicy]]:
-        """The request's policies, in order (defaults, key, model), each once."""
+        """The request's policies, in order (defaults, key, model), each once. The model's are those of
+        every pool that may answer it (the primary and its fallbacks): the policies are fixed before
+        dispatch, and a fallback's answer must pass the fallback's own checks too."""
         guard = self.config.guardrails
+        pools = ctx.candidates or [ctx.row.model]
         names = [
             *guard.default,
             *(ctx.caller.key.guardrails if ctx.caller.key else ()),
-            *self.models.get(ctx.row.model, ()),
+            *(name for pool in pools for name in self.models.get(pool, ())),
         ]
         return [(n, guard.policies[n]) for n in dict.fromkeys(names)]
 
@@ -169,8 +174,8 @@ class Guardrails:
         checks = self.checks(ctx, "output")
         if not checks:
             return None
-        refusal = next(p.refusal for name, p in ctx.guard_policies or () if p.output is not None)
-        return StreamGuard(self, ctx, checks, refusal)
+        refusals = {name: p.refusal for name, p in ctx.guard_policies or ()}
+        return StreamGuard(self, ctx, checks, refusals)
 
 
 def _payload_slots(payload: dict[str, Any]) -> list[tuple[str, Setter]]:
@@ -179,8 +184,13 @@ def _payload_slots(payload: dict[str, Any]) -> list[tuple[str, Setter]]:
         if not isinstance(choice, dict):
             continue
         message = choice.get("message")
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            slots.append((message["content"], lambda text, m=message: m.__setitem__("content", text)))
+        if isinstance(message, dict):
+            if isinstance(message.get("content"), str):
+                slots.append((message["content"], lambda text, m=message: m.__setitem__("content", text)))
+            for call in message.get("tool_calls") or ():  # a model can put a card number in a tool's arguments
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                    slots.append((function["arguments"], lambda text, f=function: f.__setitem__("arguments", text)))
         elif isinstance(choice.get("text"), str):
             slots.append((choice["text"], lambda text, c=choice: c.__setitem__("text", text)))
     return slots
@@ -219,17 +229,24 @@ class StreamGuard:
     """Output checks on a relayed stream, one event at a time (see the module docstring)."""
 
     def __init__(
-        self, guardrails: Guardrails, ctx: RequestContext, checks: list[tuple[str, GuardChecks]], refusal: str
+        self,
+        guardrails: Guardrails,
+        ctx: RequestContext,
+        checks: list[tuple[str, GuardChecks]],
+        refusals: dict[str, str] | str,
     ) -> None:
         self.guardrails = guardrails
         self.ctx = ctx
-        self.refusal = refusal
+        self.refusals = refusals if isinstance(refusals, dict) else {name: refusals for name, _ in checks}
         self.pii = [(name, c.pii) for name, c in checks if c.pii is not None]
         self.redacting = [(name, pii) for name, pii in self.pii if pii.action == "redact"]
         self.toxicity = [(name, c.toxicity) for name, c in checks if c.toxicity is not None]
         settings = guardrails.config.guardrails
-        self.holdback = settings.stream_holdback_chars if self.redacting else 0
+        # Any PII check that acts on a match (redact, block) needs the text whole: a number arriving token by
+        # token never matches piece by piece. Flag-only checks look at the whole answer at its end instead.
+        self.holdback = settings.stream_holdback_chars if any(p.action != "flag" for _, p in self.pii) else 0
         self.every = settings.stream_check_chars
+        self.window = settings.stream_check_window_chars
         self.choices: dict[int, _Choice] = {}
         self.blocked: Finding | None = None
         self.head: dict[str, Any] = {}  # id, object, created, model of the stream's chunks
@@ -237,7 +254,9 @@ class StreamGuard:
 
     def process(self, event: str) -> str:
         """The event as it should be sent: content redacted or held back, or the refusal when blocked."""
-        if self.blocked is not None or not event.startswith(DATA_PREFIX + "{"):
+        if self.blocked is not None:
+            return ""  # the refusal was the last word: nothing the engine makes after it is sent
+        if not event.startswith(DATA_PREFIX + "{"):
             return event
         try:
             payload = json.loads(event[len(DATA_PREFIX) :])
@@ -281,7 +300,9 @@ class StreamGuard:
         if not self.toxicity or (len(state.raw) - state.checked < self.every and not final):
             return None
         state.checked = len(state.raw)
-        score = toxicity(state.raw)
+        # The recent window, not the whole answer: bounded work per check (a long answer would make the
+        # re-checks quadratic), and a toxic passage is not diluted by the clean text before it.
+        score = toxicity(state.raw[-self.window :])
         for name, check in self.toxicity:
             if score >= check.threshold:
                 finding = Finding(name, "output", "toxicity", check.action, f"{score:.3f}")
@@ -342,8 +363,12 @@ class StreamGuard:
         index = choice.get("index") or 0
         head = {k: payload[k] for k in ("id", "object", "created", "model") if k in payload}
         body = {"index": index, "finish_reason": "content_filter"}
+        refusal = self.refusals.get(self.blocked.policy if self.blocked else "", next(iter(self.refusals.values()), ""))
         if isinstance(choice.get("delta"), dict):
-            body["delta"] = {"content": self.refusal}
+            body["delta"] = {"content": refusal}
         else:
-            body["text"] = self.refusal
-        return sse({**head, "choices": [body]})
+            body["text"] = refusal
+        event: dict[str, Any] = {**head, "choices": [body]}
+        if "usage" in payload:  # the engine's running count up to this chunk: the relay prices from it
+            event["usage"] = payload["usage"]
+        return sse(event)

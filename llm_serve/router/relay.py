@@ -91,7 +91,7 @@ class StreamRelay:
         if text:
             yield text
         rest = self._rest.__aiter__()
-        while True:
+        while not self.blocked:
             # The deadline wraps each wait for the engine, never a yield: time spent sending to a
             # slow client must not be cancelled from inside the generator.
             try:
@@ -106,10 +106,8 @@ class StreamRelay:
             text = self._render(item)
             if text:
                 yield text
-            if self.blocked:
-                if self._keep_usage_chunk and self.usage is not None:
-                    yield self._usage_event()
-                break
+        if self.blocked and self._keep_usage_chunk and self.usage is not None:
+            yield self._usage_event()
         if self._final_extra:
             yield self._extra_event()
         yield DONE_EVENT
@@ -141,6 +139,11 @@ class StreamRelay:
             if not isinstance(event, str):
                 # An ErrorResponse object mid-stream: the same mapping as a non-streamed engine error.
                 event = sse(from_engine_error(event).body())
+            if self._guard is not None:
+                # First, so the collected answer (cache fill, traces) is what the client got: redacted.
+                event = self._guard.process(event)
+                if not event:  # after a block: nothing more goes out
+                    continue
             if self.events is not None:
                 self.events.append(event)
             if (self._track_finish or not self.engine_done) and FINISH_MARK.search(event):
@@ -152,8 +155,6 @@ class StreamRelay:
             elif event.startswith(DONE_EVENT[:12]):
                 self.engine_done = True
                 continue
-            if event and self._guard is not None:
-                event = self._guard.process(event)
             if event:
                 out.append(event)
                 self.content_events += 1

@@ -106,7 +106,10 @@ def move_alias(
     by: str,
     note: str | None = None,
     evaluation: str | None = None,
-) -> dict[str, Any]:
+    expected: int | None = None,
+) -> dict[str, Any] | None:
+    """Write the move; None when `expected` (the row id the caller saw as current, 0 for none) is no longer
+    current: another move came in between, and this one would overwrite it unseen."""
     values = {
         "alias": alias,
         "model": target.model,
@@ -119,6 +122,12 @@ def move_alias(
         "evaluation": evaluation,
     }
     with engine.begin() as conn:
+        if expected is not None:
+            latest = conn.execute(
+                sa.select(sa.func.max(SERVED_ALIASES.c.id)).where(SERVED_ALIASES.c.alias == alias)
+            ).scalar()
+            if (latest or 0) != expected:
+                return None
         new_id = conn.execute(SERVED_ALIASES.insert(), values).inserted_primary_key[0]
         return _public(conn.execute(sa.select(SERVED_ALIASES).where(SERVED_ALIASES.c.id == new_id)).one())
 

@@ -157,12 +157,20 @@ class RouterState:
         return await asyncio.to_thread(alias_history, self.ledger.engine, alias) if self.ledger else []
 
     async def move_alias(
-        self, alias: str, target: AliasTarget, by: str, note: str | None = None, evaluation: str | None = None
-    ) -> dict[str, Any]:
+        self,
+        alias: str,
+        target: AliasTarget,
+        by: str,
+        note: str | None = None,
+        evaluation: str | None = None,
+        expected: int | None = None,
+    ) -> dict[str, Any] | None:
         if self.ledger is None:
             raise RuntimeError("served aliases need the ledger (ledger.enabled: true)")
         return await asyncio.to_thread(
-            lambda: move_alias(self.ledger.engine, alias, target, by=by, note=note, evaluation=evaluation)
+            lambda: move_alias(
+                self.ledger.engine, alias, target, by=by, note=note, evaluation=evaluation, expected=expected
+            )
         )
 
     async def rollback_alias(self, alias: str, by: str, note: str | None = None) -> dict[str, Any] | None:
@@ -245,9 +253,15 @@ class StateClient:
         return await self._call("alias_history", alias)
 
     async def move_alias(
-        self, alias: str, target: AliasTarget, by: str, note: str | None = None, evaluation: str | None = None
-    ) -> dict[str, Any]:
-        return await self._call("move_alias", alias, target, by, note, evaluation)
+        self,
+        alias: str,
+        target: AliasTarget,
+        by: str,
+        note: str | None = None,
+        evaluation: str | None = None,
+        expected: int | None = None,
+    ) -> dict[str, Any] | None:
+        return await self._call("move_alias", alias, target, by, note, evaluation, expected)
 
     async def rollback_alias(self, alias: str, by: str, note: str | None = None) -> dict[str, Any] | None:
         return await self._call("rollback_alias", alias, by, note)

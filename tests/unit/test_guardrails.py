@@ -45,6 +45,9 @@ class SayEngine:
         return self._results(body)
 
     async def _results(self, body: Any) -> AsyncIterator[Any]:
+        if not hasattr(body, "messages"):  # a completion: the tests only look at what the engine was sent
+            yield chat_response(CLEAN, self.model)
+            return
         question = body.messages[-1]["content"]
         if isinstance(question, list):  # content parts (the Anthropic adapter's translation)
             question = "".join(p.get("text", "") for p in question if isinstance(p, dict))
@@ -306,3 +309,83 @@ def test_unknown_policy_names_are_refused_at_load() -> None:
     with pytest.raises(ConfigError, match=r"key 'alice' names guardrail policies that guardrails.policies lacks"):
         parse_config(keys_config(guardrails=["nope"]))
     assert KEYS  # the fixture keys are the ones keys_config hashes
+
+
+async def test_a_completion_prompt_is_redacted_too() -> None:
+    client, engines, _ = make(guarded())
+    async with client:
+        resp = await client.post(
+            "/v1/completions", json={"model": A, "prompt": "Write to jane.doe@example.com"}, headers=auth("alice")
+        )
+        listed = await client.post(
+            "/v1/completions", json={"model": A, "prompt": ["ring +1 415-555-2671", "ok"]}, headers=auth("alice")
+        )
+    assert resp.status_code == 200 and listed.status_code == 200
+    assert engines[A].bodies[0].prompt == "Write to [EMAIL]"
+    assert engines[A].bodies[1].prompt == ["ring [PHONE]", "ok"]
+
+
+async def test_a_pii_block_holds_a_streamed_number_back_until_it_is_whole() -> None:
+    extra = guarded(input=None, output={"pii": {"action": "block"}})
+    client, _, state = make(extra)
+    async with client:
+        resp = await client.post(
+            "/v1/chat/completions",
+            json=chat(A, "say: my card is 4111 1111 1111 1111 ok", stream=True),
+            headers=auth("alice"),
+        )
+    text, events = stream_content(resp.text)
+    assert "4111" not in resp.text and text.endswith("I can't help with that.")
+    assert [c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")] == ["content_filter"]
+    assert (await state.recent(1))[0]["guardrail"] == "output:pii=block"
+
+
+async def test_the_blocking_policys_own_refusal_ends_the_stream() -> None:
+    extra = guarded(input=None, output={"toxicity": {"action": "block"}}, refusal="strict says no")
+    extra["guardrails"]["policies"]["audit"] = {"output": {"pii": {"action": "flag"}}, "refusal": "audit says no"}
+    extra["guardrails"]["default"] = ["audit"]  # first in order, but it only flags
+    client, _, _ = make(extra)
+    async with client:
+        resp = await client.post(
+            "/v1/chat/completions", json=chat(A, f"say: {TOXIC}", stream=True), headers=auth("alice")
+        )
+    assert stream_content(resp.text)[0].endswith("strict says no")
+
+
+async def test_a_fallback_pool_answers_under_its_own_policies() -> None:
+    from tests.unit.fakes import Engine
+
+    extra = {
+        **keys_config(),
+        "routing": {"fallbacks": {A: [B]}},
+        "guardrails": {"policies": {"redact-out": {"output": {"pii": {}}}}},
+    }
+    extra["models"] = [
+        {"id": A, "source": "x"},
+        {"id": B, "source": "x", "guardrails": ["redact-out"]},
+    ]
+    engines = {A: Engine(A, fail=True), B: SayEngine(B)}
+    client, _, _ = build(extra, engines=engines)  # type: ignore[arg-type]
+    async with client:
+        resp = await client.post("/v1/chat/completions", json=chat(A, f"say: {PII}"), headers=auth("alice"))
+    assert resp.status_code == 200 and resp.headers["x-llm-serve-model"] == B
+    assert resp.json()["choices"][0]["message"]["content"] == REDACTED
+
+
+async def test_a_streamed_answer_is_cached_as_it_was_sent() -> None:
+    client, engines, _ = make(guarded(input=None))
+    ask = chat(A, f"say: {PII}", temperature=0)
+    async with client:
+        streamed = await client.post("/v1/chat/completions", json={**ask, "stream": True}, headers=auth("alice"))
+        again = await client.post("/v1/chat/completions", json=ask, headers=auth("alice"))
+    assert stream_content(streamed.text)[0] == REDACTED
+    assert again.headers["x-llm-serve-cache"] == "hit" and again.json()["choices"][0]["message"]["content"] == REDACTED
+    assert len(engines[A].bodies) == 1
+
+
+def test_phone_regions_are_checked_at_load() -> None:
+    from llm_serve.config import ConfigError
+
+    assert PiiCheck(phone_region="gb").phone_region == "GB"
+    with pytest.raises(ConfigError, match="not a region libphonenumber knows"):
+        parse_config({"guardrails": {"policies": {"p": {"input": {"pii": {"phone_region": "XX"}}}}}})

@@ -172,6 +172,7 @@ def test_what_cannot_be_promoted(served: dict[str, Any], capsys: pytest.CaptureF
         ("bot", {"model": A, "prompt": "support-answer@9"}, 404),
         ("bot", {"model": A, "prompt": "no-version"}, 422),
         ("bot", {"model": A, "colour": "red"}, 422),
+        ("bot", {"model": A, "expected": 7}, 409),  # another move came since the one the caller evaluated against
     ]
     for name, body, status in cases:
         resp = httpx.put(f"{url}/{name}", json=body)
