@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llm_serve.config import HOME_ENV
 
-# Module- and session-scoped fixtures (the fuzzers' routers) run before the per-test home below exists:
-# they get a home of the session's own, never the developer's.
-os.environ[HOME_ENV] = tempfile.mkdtemp(prefix="llm-serve-unit-")
+
+@pytest.fixture(scope="package", autouse=True)
+def _package_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Module-scoped fixtures (the fuzzers' routers) are made before the per-test home below exists: they get
+    this one. Package-scoped, not set at import: the integration tests in the same session must keep the
+    environment they were given (their stack's home and its Ray token)."""
+    home = tmp_path_factory.mktemp("llm-serve-unit-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(HOME_ENV, str(home))
+        yield home
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ stage. The live-stack version is tests/integration/test_fuzz.py.
 from __future__ import annotations
 
 import random
+import tempfile
 
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -17,7 +18,9 @@ from schemathesis import GenerationMode
 
 from tests.unit.fakes import EMBED, A, build_app
 
-app, _engines, _state = build_app(prompts=True)
+# Built at import (schemathesis needs the app to collect): its home is set here, since the per-test home of
+# conftest.py does not exist yet, and the developer's ~/.llm-serve must not get its ledger.
+app, _engines, _state = build_app({"home": tempfile.mkdtemp(prefix="llm-serve-fuzz-")}, prompts=True)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 schema.config.generation.update(modes=list(GenerationMode))
 SERVED_SHARE = 0.85
