@@ -14,17 +14,14 @@ scored answers) and as an event on a span in the request's trace.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import random
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
-from llm_serve.config import GroundednessMonitorConfig
+from llm_serve.eval.sampled_monitor import SampledMonitor
 from llm_serve.telemetry import tracing
 from llm_serve.textnorm import content_stems
 
@@ -62,21 +59,8 @@ def score_groundedness(answer: str, contexts: list[str], support_threshold: floa
     return Groundedness(score, checked, supported, tuple(unsupported))
 
 
-class GroundednessMonitor:
-    """Samples RAG answers and scores them in background tasks, bounded so a burst cannot pile up work."""
-
-    def __init__(self, config: GroundednessMonitorConfig, metrics: Any, rng: random.Random | None = None) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.rng = rng or random.Random()
-        self.recent: collections.deque[bool] = collections.deque(maxlen=config.window)
-        self.pending: set[asyncio.Task[None]] = set()
-        self.skipped = 0
-        self.scored = 0
-
-    def sample(self) -> bool:
-        """Whether to watch this RAG answer (decided before generation, so a stream keeps its text)."""
-        return self.config.enabled and self.config.sample_rate > 0 and self.rng.random() < self.config.sample_rate
+class GroundednessMonitor(SampledMonitor):
+    """Samples RAG answers and scores them in background tasks (eval/sampled_monitor.py)."""
 
     def submit(
         self,
@@ -91,15 +75,7 @@ class GroundednessMonitor:
         """Score a sampled answer in the background; returns whether it was scheduled."""
         if not answer or not contexts:
             return False
-        if len(self.pending) >= self.config.max_pending:
-            self.skipped += 1
-            return False
-        task = asyncio.get_running_loop().create_task(
-            self._score(answer, contexts, model, collection, request_id, parent)
-        )
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        return True
+        return self.schedule(self._score(answer, contexts, model, collection, request_id, parent))
 
     async def _score(
         self,
@@ -127,9 +103,7 @@ class GroundednessMonitor:
         parent: trace.SpanContext | None = None,
     ) -> None:
         hallucinated = result.score < self.config.threshold
-        self.scored += 1
-        self.recent.append(hallucinated)
-        rate = sum(self.recent) / len(self.recent)
+        rate = self.verdict(hallucinated)
         self.metrics.groundedness.observe(result.score, {"model": model, "collection": collection})
         self.metrics.scored.inc(1, {"verdict": "hallucinated" if hallucinated else "grounded"})
         self.metrics.hallucination_rate.set(rate)

@@ -10,15 +10,12 @@ a guardrail (router/guardrails.py) is what acts on a request.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import random
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
-from llm_serve.config import ToxicityMonitorConfig
+from llm_serve.eval.sampled_monitor import SampledMonitor
 from llm_serve.safety.toxicity import toxicity
 from llm_serve.telemetry import tracing
 
@@ -27,29 +24,13 @@ logger = logging.getLogger("llm_serve.monitor")
 TOXICITY_EVENT = "llm_serve.toxicity"
 
 
-class ToxicityMonitor:
-    def __init__(self, config: ToxicityMonitorConfig, metrics: Any, rng: random.Random | None = None) -> None:
-        self.config = config
-        self.metrics = metrics
-        self.rng = rng or random.Random()
-        self.recent: collections.deque[bool] = collections.deque(maxlen=config.window)
-        self.pending: set[asyncio.Task[None]] = set()
-        self.skipped = 0
-        self.scored = 0
-
-    def sample(self) -> bool:
-        return self.config.enabled and self.config.sample_rate > 0 and self.rng.random() < self.config.sample_rate
+class ToxicityMonitor(SampledMonitor):
+    """Samples answers and scores their toxicity in background tasks (eval/sampled_monitor.py)."""
 
     def submit(self, answer: str | None, *, model: str, request_id: str, parent: trace.SpanContext | None) -> bool:
         if not answer or not answer.strip():
             return False
-        if len(self.pending) >= self.config.max_pending:
-            self.skipped += 1
-            return False
-        task = asyncio.get_running_loop().create_task(self._score(answer, model, request_id, parent))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        return True
+        return self.schedule(self._score(answer, model, request_id, parent))
 
     async def _score(self, answer: str, model: str, request_id: str, parent: trace.SpanContext | None) -> None:
         try:
@@ -61,9 +42,7 @@ class ToxicityMonitor:
 
     def record(self, score: float, *, model: str, request_id: str, parent: trace.SpanContext | None = None) -> None:
         toxic = score >= self.config.threshold
-        self.scored += 1
-        self.recent.append(toxic)
-        rate = sum(self.recent) / len(self.recent)
+        rate = self.verdict(toxic)
         self.metrics.toxicity.observe(score, {"model": model})
         self.metrics.toxicity_scored.inc(1, {"verdict": "toxic" if toxic else "clean"})
         self.metrics.toxic_rate.set(rate)

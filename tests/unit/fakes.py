@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -298,3 +301,29 @@ async def post_and_leave(app: Any, path: str, body: dict[str, Any], *, after_chu
     with contextlib.suppress(OSError, ClientDisconnect):
         await app(scope, receive, send)
     return chunks
+
+
+# ---- a real HTTP server in this process ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, lifespan: str = "off") -> Iterator[str]:
+    """`app` under uvicorn on 127.0.0.1 and a free port, in a thread, for clients that need a real URL
+    (the eval CLI, `llm-serve promote`); yields the base URL."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the in-process server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -13,7 +13,6 @@ import hashlib
 import json
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from llm_serve.cli import main
+from tests.unit.fakes import serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "data" / "eval" / "nimbus_rag.jsonl"
@@ -235,22 +234,10 @@ def _make_app(state: StandIn) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def stand_in() -> Iterator[StandIn]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    state = StandIn(url=f"http://127.0.0.1:{sock.getsockname()[1]}")
-    server = uvicorn.Server(uvicorn.Config(_make_app(state), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the stand-in endpoint did not start"
-        time.sleep(0.02)
-    try:
+    state = StandIn(url="")
+    with serve_in_thread(_make_app(state)) as url:
+        state.url = url
         yield state
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,6 @@ The stand-in pools answer "answer from model-a/b" with 6 tokens of usage, so a g
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from llm_serve.cli import main
-from tests.unit.fakes import A, B, build_app
+from tests.unit.fakes import A, B, build_app, serve_in_thread
 
 ROWS = [
     {"id": "warranty", "question": "How long is the warranty?", "reference": "27 months."},
@@ -30,28 +27,10 @@ ROWS = [
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[dict[str, Any]]:
     app, engines, _ = build_app({"promotion": {"refresh_s": 0.05}}, prompts=True)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the router did not start"
-        time.sleep(0.02)
     dataset = tmp_path / "set.jsonl"
     dataset.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    try:
-        yield {
-            "url": f"http://127.0.0.1:{sock.getsockname()[1]}",
-            "engines": engines,
-            "dataset": dataset,
-            "tmp": tmp_path,
-        }
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
+    with serve_in_thread(app, lifespan="on") as url:
+        yield {"url": url, "engines": engines, "dataset": dataset, "tmp": tmp_path}
 
 
 def promote(served: dict[str, Any], *args: str) -> int:
