@@ -27,12 +27,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             embedding_model=args.judge_embedding_model,
             api_key=args.judge_api_key,
         )
-    from llm_serve.eval.report import Gate
+    from llm_serve.eval.report import gate_specs
 
     try:
-        gates = [Gate.parse(spec, "min", "--min").spec for spec in args.min or []]
-        gates += [Gate.parse(spec, "max", "--max").spec for spec in args.max or []]
-        gates += [Gate.parse(spec).spec for spec in args.gate or []]
+        gates = gate_specs(args.min or [], args.max or [], args.gate or [])
     except UsageError as exc:
         say(f"error: {exc}")
         return 2

@@ -12,14 +12,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from llm_serve.config import load_config
     from llm_serve.eval import DatasetError, EvalOptions, UsageError
     from llm_serve.eval.promote import BUNDLED_DATASET, PromoteOptions, promote
-    from llm_serve.eval.report import Gate
+    from llm_serve.eval.report import gate_specs
 
     config = load_config(getattr(args, "config", None))
     endpoint = args.endpoint or f"http://{config.server.host}:{config.server.port}"
     try:
-        gates = [Gate.parse(spec, "min", "--min").spec for spec in args.min or []]
-        gates += [Gate.parse(spec, "max", "--max").spec for spec in args.max or []]
-        gates += [Gate.parse(spec).spec for spec in args.gate or []]
+        gates = gate_specs(args.min or [], args.max or [], args.gate or [])
         options = PromoteOptions(
             alias=args.alias,
             to=args.to,

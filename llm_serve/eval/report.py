@@ -98,6 +98,13 @@ class GateResult:
         }
 
 
+def gate_specs(minima: Sequence[str] = (), maxima: Sequence[str] = (), gates: Sequence[str] = ()) -> list[str]:
+    """`--min`, `--max` and `--gate` flags as normalised `METRIC=VALUE:direction` specs (UsageError on a bad one)."""
+    specs = [Gate.parse(spec, "min", "--min").spec for spec in minima]
+    specs += [Gate.parse(spec, "max", "--max").spec for spec in maxima]
+    return specs + [Gate.parse(spec).spec for spec in gates]
+
+
 def check_gate_names(gates: Sequence[Gate]) -> None:
     """Before any request: a misspelt metric is a usage error, not an hour of evaluation and then exit 2."""
     unknown = [g.metric for g in gates if g.metric not in ALL_METRICS]
