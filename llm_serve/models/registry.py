@@ -38,6 +38,40 @@ REGISTRY: dict[str, RegistryModel] = {
 }
 
 
+@dataclass(frozen=True)
+class QuantizedModel:
+    """A registry model quantized at pull time (llm_serve/models/quantize.py) from a provisioned base."""
+
+    name: str
+    base: str
+    scheme: str
+    description: str
+
+
+QUANTIZED: dict[str, QuantizedModel] = {
+    model.name: model
+    for model in (
+        QuantizedModel(
+            name="smollm2-135m-instruct-w8a8",
+            base="smollm2-135m-instruct",
+            scheme="w8a8-int8",
+            description="smollm2-135m-instruct, int8 weights and int8 activations (compressed-tensors W8A8)",
+        ),
+        QuantizedModel(
+            name="smollm2-135m-instruct-w4a16",
+            base="smollm2-135m-instruct",
+            scheme="w4a16",
+            description="smollm2-135m-instruct, int4 weights in groups of 32 (compressed-tensors W4A16)",
+        ),
+    )
+}
+
+
+def is_registry_model(name: str) -> bool:
+    """A name `models pull` provisions: a packaged GGUF model or a quantized variant of one."""
+    return name in REGISTRY or name in QUANTIZED
+
+
 # Embedding models that travel inside a package as a ready sentence-transformers directory:
 # source name -> importable module exposing `get_model_path()`.
 EMBEDDING_PACKAGES: dict[str, str] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from llm_serve.models.registry import EMBEDDING_PACKAGES, REGISTRY
+from llm_serve.models.registry import EMBEDDING_PACKAGES, is_registry_model
 
 
 class ModelNotProvisioned(RuntimeError):
@@ -23,7 +23,7 @@ def resolve_model_source(source: str, home: Path, *, pull: bool = False) -> str:
     then anything else is taken as a hub id and passed through unchanged, so a cluster with hub
     access can name `HuggingFaceTB/SmolLM2-360M-Instruct` directly.
     """
-    if source in REGISTRY:
+    if is_registry_model(source):
         from llm_serve.models.provision import is_provisioned, pull_model
 
         target = model_dir(home, source)

