@@ -137,3 +137,21 @@ def test_eval_gate_fails_on_an_impossible_threshold(stack, manual_ingested, tmp_
     gates = json.loads((tmp_path / "gated" / "results.json").read_text())["gates"]
     assert [g["metric"] for g in gates] == ["rouge_score", "context_recall"]
     assert gates[0]["passed"] is False and gates[1]["passed"] is True
+
+
+def test_eval_compares_the_quantized_pool_side_by_side(stack, manual_ingested, tmp_path: Path) -> None:
+    """The full-precision and the W8A8 pool scored on the same rows in one run (quality figures over the whole
+    set are in benchmarks/results/quantized.json)."""
+    quantized = "smollm2-135m-instruct-w8a8"
+    out = tmp_path / "quantized"
+    done = evaluate(stack, out, "--compare", quantized, "--no-tracking")
+    assert done.returncode == 0, done.stdout + done.stderr
+    variants = json.loads((out / "results.json").read_text())["variants"]
+    assert [v["model"] for v in variants] == [stack.model, quantized]
+    for variant in variants:
+        summary = variant["summary"]
+        assert summary["rows"] == int(ROWS) and summary["failed"] == 0, variant["model"]
+        assert {row["served_model"] for row in variant["rows"]} == {variant["model"]}
+        for name in ("rouge_score", "string_present", "avg_tokens_used"):
+            assert summary["metrics"][name]["n"] == int(ROWS), (variant["model"], name)
+    assert quantized in (out / "results.md").read_text()

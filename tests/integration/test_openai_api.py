@@ -10,12 +10,15 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
+QUANTIZED_POOL = "smollm2-135m-instruct-w8a8"
 GROUNDING = "To cancel your subscription, call 1-800-555-0199 or visit Settings > Billing."
 
 
 def test_models_list_and_retrieve(client, stack) -> None:
     ids = [m.id for m in client.models.list().data]
-    assert ids == [stack.model, "nimbus-support", "all-minilm-l6-v2", "gpt-4o-mini", "claude-sonnet-4-5"]
+    assert ids == [
+        stack.model, QUANTIZED_POOL, "nimbus-support", "all-minilm-l6-v2", "gpt-4o-mini", "claude-sonnet-4-5"
+    ]  # fmt: skip
     assert client.models.retrieve(stack.model).id == stack.model
 
 
