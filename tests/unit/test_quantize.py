@@ -141,3 +141,18 @@ def test_failed_quantization_leaves_nothing_behind(
         pull_model(W8A8, tmp_path, progress=False, report=lambda _m: None)
     assert not model_dir(tmp_path, W8A8).exists()
     assert not [p for p in model_dir(tmp_path, W8A8).parent.iterdir() if p.name.startswith(".")]
+
+
+def test_models_quantize_writes_a_checkpoint_of_ones_own(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llm_serve.cli import main
+
+    out = tmp_path / "mine-w8a8"
+    assert main(["models", "quantize", str(tiny_dir), "--scheme", "w8a8-int8", "--out", str(out)]) == 0
+    verify_quantized(out, "w8a8-int8")
+    assert f"source: {out}" in capsys.readouterr().err
+    assert main(["models", "quantize", str(tiny_dir), "--scheme", "w8a8-int8", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["models", "quantize", str(tmp_path), "--scheme", "w4a16", "--out", str(tmp_path / "x")]) == 2
+    assert "no config.json" in capsys.readouterr().err
