@@ -746,6 +746,17 @@ class LedgerConfig(Strict):
         description="SQLAlchemy URL (e.g. postgresql+psycopg://...); None: SQLite at <home>/ledger.sqlite. "
         "With several router replicas on different nodes use a shared database.",
     )
+    url_env: str | None = Field(
+        None,
+        description="Read the SQLAlchemy URL from this environment variable instead (a Kubernetes Secret: the "
+        "database password stays out of the config); takes precedence over `url` when set in the environment.",
+    )
+
+    def database_url(self, home: Path) -> str:
+        """The URL every ledger-backed store opens: $url_env, then `url`, then SQLite in the home."""
+        if self.url_env and os.environ.get(self.url_env):
+            return os.environ[self.url_env]
+        return self.url or f"sqlite:///{home / 'ledger.sqlite'}"
 
 
 class ResponsesConfig(Strict):
@@ -918,6 +929,75 @@ class RoutingConfig(Strict):
     )
 
 
+class PodSize(Strict):
+    """CPU and memory of one pod (requests = limits, as Ray expects of the resources it advertises)."""
+
+    cpu: str = Field("4", description="Kubernetes CPU quantity, e.g. '8' or '500m'.")
+    memory: str = Field("16Gi", description="Kubernetes memory quantity.")
+
+
+class GpuInstance(Strict):
+    """A VM type for a GPU node group and how many GPUs it has (the launcher schedules by them)."""
+
+    instance_type: str
+    gpus: int = Field(..., ge=1)
+
+
+class LauncherConfig(Strict):
+    """The Ray cluster launcher file for VMs (cluster/ray-cluster.yaml): AWS instance types per node group."""
+
+    region: str = Field("us-west-2", description="AWS region.")
+    head_instance_type: str = Field("m5.2xlarge", description="The head node (router, state, proxy).")
+    cpu_instance_type: str = Field("m5.4xlarge", description="CPU workers (embedders, CPU pools, routers).")
+    gpu_instance_types: dict[str, GpuInstance] = Field(
+        default_factory=lambda: {
+            "A100": GpuInstance(instance_type="p4d.24xlarge", gpus=8),
+            "L4": GpuInstance(instance_type="g6.12xlarge", gpus=4),
+            "any": GpuInstance(instance_type="g5.12xlarge", gpus=4),
+        },
+        description="Per accelerator_type of the GPU pools (upper case, 'any' for pools without one).",
+    )
+    install: str = Field("llm-serve[gpu,rag,train,telemetry,eval,cluster]", description="What setup installs.")
+
+
+class ClusterConfig(Strict):
+    """What `llm-serve cluster render` writes around this config: the KubeRay RayService, RayJob, backing
+    services and monitoring (cluster/kuberay/), and the Ray cluster launcher file for VMs."""
+
+    namespace: str = Field("llm-serve", description="Namespace of every rendered object.")
+    name: str = Field("llm-serve", description="Name of the RayService (and prefix of the other objects).")
+    image: str = Field(
+        "llm-serve:latest",
+        description="Image with llm-serve installed and the project at /app (recipes, datasets): cluster/Dockerfile "
+        "builds it; push it where the cluster pulls from and name it here.",
+    )
+    ray_version: str | None = Field(None, description="rayVersion of the cluster; None: the installed Ray's.")
+    head: PodSize = Field(default_factory=lambda: PodSize(cpu="4", memory="16Gi"))
+    cpu_worker: PodSize = Field(
+        default_factory=lambda: PodSize(cpu="8", memory="32Gi"),
+        description="Workers for the router, embedders and CPU engine pools.",
+    )
+    cpu_workers_max: int = Field(4, ge=1, description="Most CPU worker pods the autoscaler may start.")
+    gpu_worker: PodSize = Field(
+        default_factory=lambda: PodSize(cpu="8", memory="64Gi"), description="CPU and memory of a GPU worker pod."
+    )
+    node_selectors: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Per accelerator_type, the nodeSelector of its GPU worker group (e.g. A100: "
+        "{cloud.google.com/gke-accelerator: nvidia-tesla-a100}); none by default.",
+    )
+    autoscaler_idle_timeout_s: int = Field(60, ge=0, description="Ray autoscaler: remove a worker idle this long.")
+    home_pvc_size: str = Field("200Gi", description="The shared home (models, adapters) volume; ReadWriteMany.")
+    storage_class: str | None = Field(None, description="StorageClass of the volumes; None: the cluster default.")
+    secret_name: str = Field("llm-serve-secrets", description="Secret holding API keys and database URLs.")
+    milvus_image: str = Field("milvusdb/milvus:v2.5.14", description="Milvus standalone (embedded etcd).")
+    postgres_image: str = Field("postgres:17", description="PostgreSQL for the ledger.")
+    train_recipe: str = Field("configs/train/faq-lora.yaml", description="The RayJob's recipe (a path in /app).")
+    train_gpus: int = Field(1, ge=0, description="GPUs per training worker pod of the RayJob; 0 trains on CPUs.")
+    train_workers: int = Field(2, ge=1, description="Training worker pods of the RayJob.")
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
+
+
 class PromotionConfig(Strict):
     """Served aliases moved by `llm-serve promote` (router/served_aliases.py)."""
 
@@ -1072,6 +1152,7 @@ class Config(Strict):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     guardrails: GuardrailsConfig = Field(default_factory=GuardrailsConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Config:

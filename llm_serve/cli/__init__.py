@@ -1,7 +1,7 @@
 """`llm-serve`: the command line, one module per command group.
 
 up | down | status         the serving stack (stack.py)
-models list | pull         registry models (models.py)
+models list | pull | quantize  registry models, quantized checkpoints (models.py)
 ingest                     documents into a Milvus collection (ingest.py)
 prompts list|show|diff|lock  the prompt registry (prompts.py)
 train, adapters list       fine-tuning jobs and their adapters (train.py)
@@ -9,6 +9,7 @@ eval                       ragas evaluation of an endpoint (eval.py)
 promote                    a served alias moved when its evaluation passes (promote.py)
 keys create, usage         API keys and spend (keys.py)
 cache calibrate            the semantic cache's verifier threshold (cache.py)
+cluster render | validate  KubeRay and cluster launcher files from a config (cluster.py)
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from llm_serve.cli import cache, ingest, keys, models, promote, prompts, stack, train
+from llm_serve.cli import cache, cluster, ingest, keys, models, promote, prompts, stack, train
 from llm_serve.cli import eval as eval_cmd
 from llm_serve.cli.common import say
 from llm_serve.config import CONFIG_ENV, ConfigError
 
-GROUPS = (stack, models, ingest, prompts, train, eval_cmd, promote, keys, cache)
+GROUPS = (stack, models, ingest, prompts, train, eval_cmd, promote, keys, cache, cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:

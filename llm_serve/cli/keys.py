@@ -19,10 +19,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    from llm_serve.router.ledger import Ledger, default_url, period_start
+    from llm_serve.router.ledger import Ledger, period_start
 
     config = load_config(args.config)
-    ledger = Ledger(config.ledger.url or default_url(config.home_path))
+    ledger = Ledger(config.ledger.database_url(config.home_path))
     rows = ledger.usage(period_start(args.period), key_name=args.key)
     print(f"{'key':<20} {'model':<32} {'requests':>8} {'errors':>6} {'hits':>6} {'in':>9} {'out':>9} {'cost_usd':>12}")
     for r in rows:

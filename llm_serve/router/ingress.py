@@ -43,7 +43,6 @@ from llm_serve.router.embeddings import EmbeddingsRoute
 from llm_serve.router.errors import OpenAIError, install_error_handlers
 from llm_serve.router.feedback import FeedbackRoute
 from llm_serve.router.guardrails import GuardInput, Guardrails
-from llm_serve.router.ledger import default_url
 from llm_serve.router.model_cards import ModelCards
 from llm_serve.router.observe import Observer
 from llm_serve.router.openapi import install_request_schemas
@@ -159,7 +158,7 @@ class Router:
         self.responses = ResponsesRoute(config, self.pipeline, self.keys)
         self.messages = MessagesRoute(config, self.pipeline, self.keys, resolve, prompt_tokens)
         batch = config.batch
-        self.batch_store = BatchStore(batch.store_url or config.ledger.url or default_url(config.home_path))
+        self.batch_store = BatchStore(batch.store_url or config.ledger.database_url(config.home_path))
         self.batch_runner = BatchRunner(
             batch, self.batch_store, self.run_internal, self.keys.caller_named, self._interactive_inflight
         )

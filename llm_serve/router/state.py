@@ -21,7 +21,7 @@ from typing import Any
 from llm_serve.config import Config
 from llm_serve.router.exact_cache import ExactCache
 from llm_serve.router.feedback_store import feedback_summary, record_feedback
-from llm_serve.router.ledger import Ledger, LedgerRow, Period, default_url, period_start
+from llm_serve.router.ledger import Ledger, LedgerRow, Period, period_start
 from llm_serve.router.ledger_writer import LedgerWriter
 from llm_serve.router.quota import KeyQuota, Quotas
 from llm_serve.router.served_aliases import AliasTarget, alias_history, current_aliases, move_alias, rollback_alias
@@ -35,7 +35,7 @@ SEEN_ROWS = 100_000
 
 def spool_path(config: Config) -> Path:
     """The ledger writer's spool: one per application and ledger (its rows belong to that database only)."""
-    url = config.ledger.url or default_url(config.home_path)
+    url = config.ledger.database_url(config.home_path)
     return (
         config.home_path / "spool" / f"{config.app_name}-ledger-{hashlib.sha256(url.encode()).hexdigest()[:12]}.jsonl"
     )
@@ -47,7 +47,7 @@ class RouterState:
         exact = self.config.cache.exact
         self.cache = ExactCache(exact.max_entries, exact.ttl_s, exact.max_total_bytes)
         ledger = self.config.ledger
-        self.ledger = Ledger(ledger.url or default_url(self.config.home_path)) if ledger.enabled else None
+        self.ledger = Ledger(ledger.database_url(self.config.home_path)) if ledger.enabled else None
         self.writer = LedgerWriter(self.ledger, spool_path(self.config)) if self.ledger is not None else None
         server = self.config.server
         self.quotas = Quotas(ttl_s=server.request_timeout_s + server.billing_grace_s + RESERVATION_SLACK_S)

@@ -24,7 +24,6 @@ from llm_serve.router.apis.responses_output import ResponsesStream, from_chat, n
 from llm_serve.router.apis.responses_request import chat_body, input_messages, parse_request
 from llm_serve.router.auth import Caller, KeyRing
 from llm_serve.router.errors import OpenAIError
-from llm_serve.router.ledger import default_url
 from llm_serve.router.pipeline import GenerationPipeline
 
 logger = logging.getLogger("llm_serve.router")
@@ -50,7 +49,7 @@ def passed_headers(response: Response) -> dict[str, str]:
 class ResponsesRoute:
     def __init__(self, config: Config, pipeline: GenerationPipeline, keys: KeyRing) -> None:
         settings = config.responses
-        url = settings.store_url or config.ledger.url or default_url(config.home_path)
+        url = settings.store_url or config.ledger.database_url(config.home_path)
         self.store = ResponseStore(url, settings.ttl_s, settings.max_stored_bytes)
         self.pipeline = pipeline
         self.keys = keys
