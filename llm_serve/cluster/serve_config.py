@@ -34,11 +34,14 @@ def cluster_config(raw: dict[str, Any], config: Config, *, milvus_uri: str | Non
     return out
 
 
-def serve_config(raw: dict[str, Any], config: Config, *, milvus_uri: str | None = None) -> dict[str, Any]:
-    """A Serve config file (ServeDeploySchema): one application, proxies on every node."""
+def serve_config(
+    raw: dict[str, Any], config: Config, *, milvus_uri: str | None = None, host: str = "0.0.0.0"
+) -> dict[str, Any]:
+    """A Serve config file (ServeDeploySchema): one application, proxies on every node (on `host`, every
+    interface on a cluster; the tests bind 127.0.0.1)."""
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": "0.0.0.0", "port": config.server.port},
+        "http_options": {"host": host, "port": config.server.port},
         "applications": [
             {
                 "name": config.app_name,
