@@ -78,13 +78,17 @@ def _router_app(config: Config, engines: dict[str, Any], embedders: dict[str, An
     # every router replica (see router/state.py).
     state = (
         serve.deployment(RouterState, name="router-state")
-        .options(num_replicas=1, max_ongoing_requests=STATE_MAX_ONGOING, ray_actor_options={"num_cpus": 0})
+        .options(
+            num_replicas=1,
+            max_ongoing_requests=STATE_MAX_ONGOING,
+            ray_actor_options={"num_cpus": 0, "resources": dict(config.router.resources)},
+        )
         .bind(config.model_dump(mode="json"))
     )
     router = serve.deployment(serve.ingress()(Router), name="router").options(
         num_replicas=config.router.num_replicas,
         max_ongoing_requests=config.router.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.router.num_cpus},
+        ray_actor_options={"num_cpus": config.router.num_cpus, "resources": dict(config.router.resources)},
     )
     prompts = {"rag": load_rag_prompt(config).to_dict(), "registry": load_prompt_registry(config).to_dict()}
     return router.bind(config.model_dump(mode="json"), engines, embedders, prompts, state, sources)

@@ -119,6 +119,12 @@ class RouterConfig(Strict):
         512, ge=1, description="Concurrent requests one router replica holds before Serve queues."
     )
     num_cpus: float = Field(0.0, ge=0, description="Logical CPUs reserved per router replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources the router replicas and the state actor need, to keep them on chosen "
+        "nodes: e.g. {'node:__internal_head__': 0.01} (Ray's own mark of the head node) keeps them off the "
+        "engine nodes.",
+    )
     max_inflight_requests: int = Field(
         256,
         ge=1,
@@ -444,6 +450,11 @@ class ModelConfig(Strict):
         64, ge=1, description="Requests one engine replica accepts at once before Serve queues."
     )
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs reserved per engine replica (CPU accelerator only).")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each engine replica needs (e.g. {engine_node: 1}): the pool runs only on "
+        "nodes that advertise them (`ray start --resources`), leaving router and state where they are not.",
+    )
     lora: LoraServingConfig = Field(default_factory=LoraServingConfig)
     tools: ToolCallingConfig = Field(default_factory=ToolCallingConfig)
     guardrails: list[str] = Field(

@@ -51,3 +51,18 @@ def build_tiny_llama(out: Path, *, layers: int = 2, vocab_size: int = 300) -> Pa
     model.save_pretrained(out, safe_serialization=True)
     fast.save_pretrained(out)
     return out
+
+
+def build_vllm_tiny_llama(out: Path) -> Path:
+    """The tiny Llama re-initialised with 2 attention heads: the CPU attention backend needs head_dim >= 32."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    build_tiny_llama(out)
+    config = LlamaConfig.from_pretrained(out)
+    config.num_attention_heads = 2
+    config.num_key_value_heads = 1
+    config.head_dim = config.hidden_size // 2
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    return out

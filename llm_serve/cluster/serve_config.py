@@ -35,12 +35,18 @@ def cluster_config(raw: dict[str, Any], config: Config, *, milvus_uri: str | Non
 
 
 def serve_config(
-    raw: dict[str, Any], config: Config, *, milvus_uri: str | None = None, host: str = "0.0.0.0"
+    raw: dict[str, Any],
+    config: Config,
+    *,
+    milvus_uri: str | None = None,
+    host: str = "0.0.0.0",
+    proxy_location: str = "EveryNode",
 ) -> dict[str, Any]:
-    """A Serve config file (ServeDeploySchema): one application, proxies on every node (on `host`, every
-    interface on a cluster; the tests bind 127.0.0.1)."""
+    """A Serve config file (ServeDeploySchema): one application, a proxy on every node, listening on `host`
+    (every interface on a cluster). Tests that run several nodes on one machine bind 127.0.0.1 and keep one
+    proxy (HeadOnly): proxies of two nodes on one host would share the port."""
     return {
-        "proxy_location": "EveryNode",
+        "proxy_location": proxy_location,
         "http_options": {"host": host, "port": config.server.port},
         "applications": [
             {

@@ -127,6 +127,8 @@ def deployment_options(model: ModelConfig) -> dict[str, Any]:
     }
     if model.engine.accelerator == "cpu":
         options["ray_actor_options"] = {"num_cpus": model.num_cpus}
+    if model.resources:  # Ray Serve LLM merges them into the replica's first placement-group bundle
+        options.setdefault("ray_actor_options", {})["resources"] = dict(model.resources)
     if model.engine.request_router == "prefix_aware":
         options["request_router_config"] = {
             "request_router_class": PREFIX_AWARE_ROUTER,

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from llm_serve.engine import vllm_plugin
-from tests.tiny_model import build_tiny_llama
+from tests.tiny_model import build_vllm_tiny_llama
 
 pytestmark = pytest.mark.integration
 
@@ -136,21 +136,6 @@ class RunResult:
     log: str
 
 
-def _build_model(out: Path) -> Path:
-    """The tiny Llama re-initialised with 2 attention heads: the CPU attention backend needs head_dim >= 32."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    build_tiny_llama(out)
-    config = LlamaConfig.from_pretrained(out)
-    config.num_attention_heads = 2
-    config.num_key_value_heads = 1
-    config.head_dim = config.hidden_size // 2
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
-    return out
-
-
 def _build_adapter(model: Path, out: Path, seed: int) -> Path:
     """A PEFT LoRA with large random A and B, so that it changes greedy outputs on almost every prompt."""
     import torch
@@ -178,7 +163,7 @@ def _build_adapter(model: Path, out: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
     root = tmp_path_factory.mktemp("lora-batch")
-    model = _build_model(root / "model")
+    model = build_vllm_tiny_llama(root / "model")
     script = root / "run_engine.py"
     script.write_text(ENGINE_SCRIPT)
     return Artifacts(

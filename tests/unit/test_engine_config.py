@@ -86,3 +86,18 @@ def test_one_cpu_worker_runs_in_the_engine_core(monkeypatch) -> None:
         )
         SingleProcessCpuEngine._start_async_llm_engine(object.__new__(SingleProcessCpuEngine), None, config, None)
     assert started == ["uni", "mp"]
+
+
+def test_custom_resources_pin_the_pool_to_the_nodes_that_have_them() -> None:
+    """Ray Serve LLM merges the replica actor's resources into its placement group's first bundle: the engine
+    replica is placed only on a node advertising `engine_node`."""
+    from ray.llm._internal.serve.core.server.llm_server import LLMServer
+
+    model = parse_config({"models": [{"id": "m", "source": "s", "resources": {"engine_node": 1}}]}).models[0]
+    assert deployment_options(model)["ray_actor_options"] == {"num_cpus": 1.0, "resources": {"engine_node": 1.0}}
+    options = LLMServer.get_deployment_options(build_llm_config(model, "/models/m"))
+    assert options["placement_group_bundles"][0]["engine_node"] == 1.0
+    assert (
+        "resources"
+        not in deployment_options(parse_config({"models": [{"id": "m", "source": "s"}]}).models[0])["ray_actor_options"]
+    )
