@@ -118,13 +118,13 @@ class Cluster:
             placed.setdefault(role, []).append(",".join(custom) or "head")
         return placed
 
+    def serve_config(self) -> dict[str, Any]:
+        """What `llm-serve cluster render` writes, bound to 127.0.0.1 with one proxy (the nodes share a host)."""
+        return serve_config(self.raw, self.config, host="127.0.0.1", proxy_location="HeadOnly")
+
     def deploy(self) -> None:
         path = self.workdir / "serve-config.yaml"
-        path.write_text(
-            yaml.safe_dump(
-                serve_config(self.raw, self.config, host="127.0.0.1", proxy_location="HeadOnly"), sort_keys=False
-            )
-        )
+        path.write_text(yaml.safe_dump(self.serve_config(), sort_keys=False))
         deadline = time.monotonic() + DASHBOARD_TIMEOUT_S
         while True:  # the dashboard (what `serve deploy` talks to) comes up after the GCS
             done = subprocess.run([str(BIN / "serve"), "deploy", str(path), "-a", self.dashboard], env=self.env,

@@ -8,22 +8,16 @@ cores; the application, its builder and its config are the ones a cluster runs.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from llm_serve import local_cluster as lc
-from llm_serve.cluster.serve_config import serve_config
 from llm_serve.cluster.validate import validate_serve_config
 from llm_serve.config import parse_config
+from tests.integration.ray_nodes import Cluster
 from tests.upstream_stub import UpstreamStub
 
 pytestmark = pytest.mark.integration
@@ -31,7 +25,6 @@ PORTS = {"gcs_port": 6431, "dashboard_port": 8315, "dashboard_agent_listen_port"
          "min_worker_port": 24000, "max_worker_port": 24999}  # fmt: skip
 SERVER_PORT = 8041
 DEPLOY_TIMEOUT_S = 300
-DASHBOARD_TIMEOUT_S = 120
 
 
 def test_the_rendered_serve_config_deploys_with_serve_deploy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,37 +54,13 @@ def test_the_rendered_serve_config_deploys_with_serve_deploy(tmp_path: Path, mon
             "embedding_models": [],
             "auth": {"keys": [{"name": "check", "key_env": "CLUSTER_CHECK_KEY"}]},
         }
-        config = parse_config(raw)
-        rendered = serve_config(raw, config, host="127.0.0.1")
-        assert validate_serve_config(rendered) == []
-        path = tmp_path / "serve-config.yaml"
-        path.write_text(yaml.safe_dump(rendered, sort_keys=False))
-
-        head = lc.start_head(config, tmp_path / "ray-head.log")
+        cluster = Cluster(raw=raw, config=parse_config(raw), workdir=tmp_path)
+        assert validate_serve_config(cluster.serve_config()) == []
         try:
-            env = {**os.environ, **lc.ray_env(config)}
-            serve_bin = Path(sys.executable).with_name("serve")
-            address = f"http://127.0.0.1:{PORTS['dashboard_port']}"
-            deadline = time.monotonic() + DASHBOARD_TIMEOUT_S
-            while True:  # the dashboard (the address `serve deploy` talks to) comes up after the GCS
-                done = subprocess.run([str(serve_bin), "deploy", str(path), "-a", address], env=env,
-                                      capture_output=True, text=True, timeout=180)  # fmt: skip
-                if done.returncode == 0 or "Failed to connect" not in done.stderr + done.stdout:
-                    break
-                assert time.monotonic() < deadline, done.stderr[-2000:]
-                time.sleep(2)
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-            url = f"http://127.0.0.1:{SERVER_PORT}"
-            deadline = time.monotonic() + DEPLOY_TIMEOUT_S
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "the deployed application did not become ready"
-                time.sleep(2)
+            cluster.start_head()
+            cluster.deploy()
+            cluster.wait_ready(DEPLOY_TIMEOUT_S)
+            url = cluster.url
             assert [m["id"] for m in httpx.get(f"{url}/v1/models", headers=auth, timeout=30).json()["data"]] == [
                 "stub-gpt"
             ]
@@ -106,5 +75,5 @@ def test_the_rendered_serve_config_deploys_with_serve_deploy(tmp_path: Path, mon
             assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401  # and the key is enforced
             assert stub.script.calls and stub.script.calls[-1]["headers"]["authorization"] == "Bearer k"
         finally:
-            lc.stop_tree(head.pid)
+            cluster.stop()
             shutil.rmtree(short_dir, ignore_errors=True)
