@@ -89,14 +89,15 @@ def test_one_cpu_worker_runs_in_the_engine_core(monkeypatch) -> None:
 
 
 def test_custom_resources_pin_the_pool_to_the_nodes_that_have_them() -> None:
-    """Ray Serve LLM merges the replica actor's resources into its placement group's first bundle: the engine
-    replica is placed only on a node advertising `engine_node`."""
-    from ray.llm._internal.serve.core.server.llm_server import LLMServer
-
+    """Ray Serve LLM merges the replica actor's resources into its placement group's first bundle, so the engine
+    replica is placed only on a node advertising `engine_node` (seen on two real nodes in
+    tests/integration/test_multinode.py; importing LLMServer here would install Ray's tracer provider in the
+    unit tests' process)."""
     model = parse_config({"models": [{"id": "m", "source": "s", "resources": {"engine_node": 1}}]}).models[0]
     assert deployment_options(model)["ray_actor_options"] == {"num_cpus": 1.0, "resources": {"engine_node": 1.0}}
-    options = LLMServer.get_deployment_options(build_llm_config(model, "/models/m"))
-    assert options["placement_group_bundles"][0]["engine_node"] == 1.0
+    assert build_llm_config(model, "/models/m").deployment_config["ray_actor_options"]["resources"] == {
+        "engine_node": 1.0
+    }
     assert (
         "resources"
         not in deployment_options(parse_config({"models": [{"id": "m", "source": "s"}]}).models[0])["ray_actor_options"]
