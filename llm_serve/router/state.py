@@ -12,6 +12,7 @@ and, in unit tests, on an in-process object.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import logging
 from collections import OrderedDict
@@ -214,8 +215,20 @@ class StateClient:
         self._remote = not isinstance(target, RouterState)
         self.timeout_s = timeout_s
 
-    async def _call(self, method: str, *args: Any) -> Any:
-        call = getattr(self._target, method).remote(*args) if self._remote else getattr(self._target, method)(*args)
+    async def _call(self, method: str, *args: Any, detached: bool = False) -> Any:
+        """One call to the state; `detached`: not a child of the Serve request it is made in.
+
+        Serve cancels every handle call a request made (its children, found through the request context
+        that the call's contextvars carry) when that request is cancelled, e.g. because its client left.
+        A settlement's `record` runs at exactly that moment and must outlive the request, so it is issued
+        from an empty context, which has no parent request.
+        """
+        if not self._remote:
+            call = getattr(self._target, method)(*args)
+        elif detached:
+            call = contextvars.Context().run(getattr(self._target, method).remote, *args)
+        else:
+            call = getattr(self._target, method).remote(*args)
         try:
             return await asyncio.wait_for(call, self.timeout_s)
         except TimeoutError:
@@ -230,7 +243,7 @@ class StateClient:
         return await self._call("admit", key.name, key.rpm, key.tpm, key.budget_usd, key.budget_period, tokens, usd)
 
     async def record(self, row: LedgerRow, reservation: str | None = None) -> None:
-        await self._call("record", row, reservation)
+        await self._call("record", row, reservation, detached=True)
 
     async def usage(self, period: Period, key_name: str | None = None) -> dict[str, Any]:
         return await self._call("usage", period, key_name)

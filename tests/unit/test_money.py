@@ -213,3 +213,70 @@ async def test_one_ledger_row_is_found_by_its_request_id_however_many_came_after
         assert [r["request_id"] for r in found] == ["look-me-up"]
         bad = await client.get("/admin/requests", params={"request_id": "no spaces allowed"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "request_id"
+
+
+class Method:
+    """One method of a fake Serve handle: records the Serve request context each call is made in."""
+
+    def __init__(self, seen: list[str]) -> None:
+        self.seen = seen
+
+    def remote(self, *args: Any) -> Any:
+        from ray.serve.context import _get_serve_request_context
+
+        self.seen.append(_get_serve_request_context()._internal_request_id)
+
+        async def answer() -> dict[str, Any]:
+            return {"reservation": "r1"}
+
+        return answer()
+
+
+async def test_the_ledger_write_is_no_child_of_the_request_that_serve_cancels() -> None:
+    """Serve cancels every handle call a request made (found by the request id its context carries) when
+    the request is cancelled: a settlement's `record`, issued at that moment, was cancelled with it, and the
+    row of an abandoned stream was lost (about 1 stream in 6 on the live stack). The write is issued without
+    the request's context; the other calls stay its children, so that they end with it."""
+    from ray.serve.context import _set_request_context
+
+    from llm_serve.router.ledger import LedgerRow
+    from llm_serve.router.state import StateClient
+
+    seen: list[str] = []
+    handle = type("Handle", (), {"record": Method(seen), "admit": Method(seen)})()
+    client = StateClient(handle)
+    _set_request_context(request_id="client-id", _internal_request_id="parent-request")
+    await client.record(LedgerRow(request_id="client-id", key_name="k", route="chat", model="m"))
+    await client._call("admit")
+    assert seen[0] != "parent-request", "the ledger write would be cancelled with its request"
+    assert seen[1] == "parent-request"
+
+
+async def test_a_ledger_write_cancelled_anyway_waits_in_the_spool_and_lands(tmp_path: Any) -> None:
+    """A write cancelled from outside (not this request's own cancellation) keeps its row: spooled, offered
+    again, taken once; the request itself is answered."""
+    import httpx
+
+    from llm_serve.config import parse_config
+    from llm_serve.router.ingress import Router
+    from llm_serve.router.state import RouterState
+
+    config = parse_config({"home": str(tmp_path), "models": [{"id": A, "source": "x"}], "embedding_models": []})
+
+    class CancelledOnce(RouterState):
+        cancelled = 0
+
+        async def record(self, *args: Any, **kwargs: Any) -> None:
+            if not self.cancelled:
+                self.cancelled += 1
+                raise asyncio.CancelledError  # what Serve's sweep of a cancelled request's calls raises
+            await super().record(*args, **kwargs)
+
+    state = CancelledOnce(config)
+    router = Router(config, {A: Engine(A).handle}, {}, None, state=state)
+    transport = httpx.ASGITransport(app=router.build_asgi_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        resp = await client.post("/v1/chat/completions", json=chat())
+    assert resp.status_code == 200, resp.text
+    rows = await rows_when(state, lambda rows: rows)
+    assert state.cancelled == 1 and len(rows) == 1 and rows[0]["status"] == 200, rows

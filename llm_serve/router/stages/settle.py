@@ -119,6 +119,12 @@ class Settler:
         except Exception as exc:  # kept and offered again: a row is never dropped
             logger.warning("request %s: the ledger row waits in the router's spool (%s)", row.request_id, exc)
             self.spool.add(row, ctx.reservation)
+        except asyncio.CancelledError:  # the same: the state takes a row once, so offering it again is safe
+            logger.warning("request %s: the ledger row's write was cancelled; it waits in the spool", row.request_id)
+            self.spool.add(row, ctx.reservation)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this task's own cancellation goes on; another's stops here
+                raise
 
 
 async def held(settlement: Awaitable[None]) -> None:
