@@ -287,6 +287,19 @@ class AutoscalingConfig(Strict):
     target_ongoing_requests: float = Field(16.0, gt=0, description="Requests per replica the autoscaler aims for.")
     upscale_delay_s: float = Field(30.0, ge=0, description="Sustained load needed before adding a replica.")
     downscale_delay_s: float = Field(300.0, ge=0, description="Idle time needed before removing a replica.")
+    signal: Literal["ongoing_requests", "kv_cache", "waiting_requests"] = Field(
+        "ongoing_requests",
+        description="What the replica count follows (engine pools only; engine/autoscaling.py): Serve's requests "
+        "per replica (`target_ongoing_requests`), the engines' mean KV-cache use (`target_kv_cache_usage`), or "
+        "the requests waiting in the engines' queues (`target_waiting_requests`). Measured side by side in "
+        "docs/scaling.md.",
+    )
+    target_kv_cache_usage: float = Field(
+        0.6, gt=0, le=1, description="`signal: kv_cache`: the mean KV-cache use (0-1) per replica aimed for."
+    )
+    target_waiting_requests: float = Field(
+        1.0, gt=0, description="`signal: waiting_requests`: add a replica while more than this many wait per replica."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -506,6 +519,13 @@ class EmbedderConfig(Strict):
         "the replica's num_cpus (1 here), which measured 0.66x the in-process speed.",
     )
     price: Price = Field(default_factory=Price, description="Per-token price of embedding input.")
+
+    @field_validator("autoscaling")
+    @classmethod
+    def _signal_of_an_engine(cls, scaling: AutoscalingConfig) -> AutoscalingConfig:
+        if scaling.signal != "ongoing_requests":
+            raise ValueError(f"signal {scaling.signal!r} is the engine's load; an embedder scales on ongoing_requests")
+        return scaling
 
 
 class MilvusConfig(Strict):

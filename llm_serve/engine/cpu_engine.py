@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from llm_serve.engine.engine_load import EngineLoad, watch_scheduler
 from llm_serve.engine.ray_llm import VLLMEngine
 
 logger = logging.getLogger("llm_serve.engine")
@@ -21,7 +22,20 @@ logger = logging.getLogger("llm_serve.engine")
 UNIPROC = "uni"
 
 
-class SingleProcessCpuEngine(VLLMEngine):
+class LoadReportingEngine(VLLMEngine):
+    """Ray Serve LLM's vLLM engine, keeping the scheduler's last report in `self.load`."""
+
+    load: EngineLoad | None = None  # set when the engine starts
+
+    def _start_async_llm_engine(self, vllm_engine_args: Any, vllm_engine_config: Any, placement_group: Any) -> Any:
+        client = super()._start_async_llm_engine(vllm_engine_args, vllm_engine_config, placement_group)
+        self.load = EngineLoad()
+        if not watch_scheduler(client, self.load):
+            logger.warning("the engine keeps no stats (disable_log_stats): it reports no load to the autoscaler")
+        return client
+
+
+class SingleProcessCpuEngine(LoadReportingEngine):
     def _start_async_llm_engine(self, vllm_engine_args: Any, vllm_engine_config: Any, placement_group: Any) -> Any:
         parallel = vllm_engine_config.parallel_config
         if parallel.world_size == 1 and parallel.distributed_executor_backend != UNIPROC:

@@ -100,7 +100,15 @@ class RegistryLoraServer(LLMServer):
             from llm_serve.engine.cpu_engine import SingleProcessCpuEngine
 
             return SingleProcessCpuEngine
-        return super()._get_default_engine_class()
+        from llm_serve.engine.cpu_engine import LoadReportingEngine
+
+        return LoadReportingEngine
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics: the engine's running and waiting requests and KV-cache
+        use (engine_load.py), for `autoscaling.signal` other than `ongoing_requests` (autoscaling.py)."""
+        load = getattr(getattr(self, "engine", None), "load", None)
+        return load.metrics() if load is not None else {}
 
     def _init_multiplex_loader(self, model_downloader_cls: Any = None) -> None:
         mx_config = self._llm_config.multiplex_config()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_serve.config import AutoscalingConfig, EngineConfig, ModelConfig
+from llm_serve.engine.autoscaling import policy_options
 from llm_serve.engine.machine import choose_dtype
 from llm_serve.engine.start_phase import PHASE_FILE_ENV
 
@@ -106,8 +107,9 @@ def cpu_engine_env(engine: EngineConfig) -> dict[str, str]:
     return env
 
 
-def autoscaling_options(scaling: AutoscalingConfig) -> dict[str, Any]:
-    """Serve's autoscaling_config from ours (shared by engine and embedder deployments)."""
+def autoscaling_options(scaling: AutoscalingConfig, max_num_seqs: int | None = None) -> dict[str, Any]:
+    """Serve's autoscaling_config from ours (shared by engine and embedder deployments); an engine pool
+    (`max_num_seqs` given) may follow its engines' load instead of ongoing requests (engine/autoscaling.py)."""
     autoscaling: dict[str, Any] = {
         "min_replicas": scaling.min_replicas,
         "max_replicas": scaling.max_replicas,
@@ -117,12 +119,17 @@ def autoscaling_options(scaling: AutoscalingConfig) -> dict[str, Any]:
     }
     if scaling.initial_replicas is not None:
         autoscaling["initial_replicas"] = scaling.initial_replicas
+    if scaling.signal != "ongoing_requests":
+        if max_num_seqs is None:
+            raise ValueError(f"autoscaling signal {scaling.signal!r} needs an engine pool")
+        target = scaling.target_kv_cache_usage if scaling.signal == "kv_cache" else scaling.target_waiting_requests
+        autoscaling["policy"] = policy_options(scaling.signal, target, max_num_seqs)
     return autoscaling
 
 
 def deployment_options(model: ModelConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "autoscaling_config": autoscaling_options(model.autoscaling),
+        "autoscaling_config": autoscaling_options(model.autoscaling, model.engine.max_num_seqs),
         "max_ongoing_requests": model.max_ongoing_requests,
     }
     if model.engine.accelerator == "cpu":

@@ -155,9 +155,13 @@ class Cluster:
             assert time.monotonic() - started < timeout_s, "the application did not become ready"
             time.sleep(2)
 
+    def replica_states(self, deployment: str) -> dict[str, int]:
+        """A deployment's replicas by state (STARTING, RUNNING, STOPPING, ...), as `serve status` reports them."""
+        return {k: int(v) for k, v in self.status()["deployments"][deployment]["replica_states"].items()}
+
     def replicas(self, deployment: str) -> int:
-        """RUNNING replicas of a deployment, as `serve status` reports them."""
-        return int(self.status()["deployments"][deployment]["replica_states"].get("RUNNING", 0))
+        """RUNNING replicas of a deployment."""
+        return self.replica_states(deployment).get("RUNNING", 0)
 
     def stop(self) -> None:
         for node in list(self.nodes):
@@ -170,13 +174,9 @@ class Cluster:
 
 def cluster_config(workdir: Path, temp_dir: str, model_dir: Path, **pool: Any) -> dict[str, Any]:
     """A config for a tiny-model pool on a Ray of the test's own (its ports do not meet the suite's stack)."""
-    model = {
-        "id": "tiny",
-        "source": str(model_dir),
-        "engine": {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 256, "max_num_seqs": 8,
-                   "kv_cache_gib": 1, "request_router": "pow2"},
-        **pool,
-    }  # fmt: skip
+    engine = {"dtype": "bfloat16", "enforce_eager": True, "max_model_len": 256, "max_num_seqs": 8,
+              "kv_cache_gib": 1, "request_router": "pow2", **pool.pop("engine", {})}  # fmt: skip
+    model = {"id": "tiny", "source": str(model_dir), "engine": engine, **pool}
     return {
         "home": str(workdir / "home"),
         "app_name": "multinode",

@@ -72,7 +72,12 @@ def test_one_cpu_worker_runs_in_the_engine_core(monkeypatch) -> None:
         return instance
 
     assert server(cpu)._get_default_engine_class() is SingleProcessCpuEngine
-    assert server(off)._get_default_engine_class() is VLLMEngine
+    # Every other layout keeps Ray Serve LLM's engine, which only also keeps the scheduler's load (engine_load.py).
+    from llm_serve.engine.cpu_engine import LoadReportingEngine
+
+    assert server(off)._get_default_engine_class() is LoadReportingEngine
+    assert server(gpu)._get_default_engine_class() is LoadReportingEngine
+    assert issubclass(LoadReportingEngine, VLLMEngine) and issubclass(SingleProcessCpuEngine, LoadReportingEngine)
 
     started: list[str] = []
     monkeypatch.setattr(
